@@ -1,0 +1,29 @@
+"""cffi build script for pymon._native._pymon_native (compiled at install time).
+
+Only what the standard library lacks lives here. Python 3.11 already has os.splice,
+os.eventfd, os.pidfd_open, os.writev, socket.recv_fds and fcntl.F_SETPIPE_SZ, so those are
+used from the stdlib; prctl has no stdlib binding (ctypes would work but costs an import on
+the start-up path and gives no errno handling we trust).
+"""
+
+from cffi import FFI
+
+ffibuilder = FFI()
+ffibuilder.cdef(
+    """
+    #define PR_SET_PDEATHSIG ...
+    #define PR_SET_CHILD_SUBREAPER ...
+    #define PR_GET_CHILD_SUBREAPER ...
+    int prctl(int option, unsigned long arg2, unsigned long arg3,
+              unsigned long arg4, unsigned long arg5);
+    """
+)
+ffibuilder.set_source(
+    "pymon._native._pymon_native",
+    """
+    #include <sys/prctl.h>
+    """,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

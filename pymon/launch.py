@@ -1,0 +1,385 @@
+"""The launch path: argv -> start pipe -> fork -> runtime -> pid on the sync pipe.
+
+Everything here runs before trio is imported (contract §2.3 steps 1-15): the engine waits
+for the container pid, and `import trio` alone costs ~100 ms. The trio monitor starts only
+after the pid has been sent, from `monitor.run`. A later pre-forked mode can reuse
+`prepare` and `launch` and hand the result to the monitor the same way.
+
+Processes: P0 (parses, reads the start pipe, forks, writes the conmon pidfile, exits 0),
+M (the monitor: setsid, subreaper, spawns R and stays for the container's life),
+R (the runtime), C (the container, re-parented to M when R exits), X (the exit command).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from pymon import procattrs, runtime, sync
+from pymon.cli import Frozen, parse_args, version_text
+from pymon.config import Config, build_config, check_log_rules
+from pymon.diag import log
+from pymon.errors import CliError, PymonError, SetupError
+from pymon.exitfile import exit_status, run_exit_command, write_atomic
+from pymon.logs import open_k8s_file
+
+STDIO_PIPE_SIZE = 1 << 20  # fewer, larger reads than the 64 KiB default (see bench/)
+RUNTIME_STDERR_MAX = 8191  # what conmon reads of a failed runtime's stderr
+
+
+class Launched(Frozen):
+    """What the launch path hands to the monitor. All fds are M's and CLOEXEC."""
+
+    __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
+                 "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
+                 "ctl_fds", "winsz_fds")
+    config: Config
+    container_pid: int
+    runtime_pid: int
+    stdout_fd: int | None
+    stderr_fd: int | None
+    stdin_fd: int | None
+    log_fd: int | None
+    sync_fd: int | None
+    inherited_fds: tuple[int, ...]
+    oom_score_adj: bytes | None
+    ctl_fds: tuple[int, int] | None
+    winsz_fds: tuple[int, int] | None
+
+    def __init__(self, **values: object) -> None:
+        self._init(values)
+
+
+def inherited_fds() -> tuple[int, ...]:
+    """The fds >= 3 open at start-up: the engine's (preserved fds, port reservations, the
+    _OCI_* pipes). Taken before this process opens anything of its own."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return ()
+    fds = []
+    for name in names:
+        fd = int(name)
+        if fd < 3:
+            continue
+        try:
+            os.get_inheritable(fd)  # the fd listdir itself used is closed by now
+        except OSError:
+            continue
+        fds.append(fd)
+    return tuple(sorted(fds))
+
+
+def env_fd(name: str, required: bool = False) -> int | None:
+    """An fd number from the environment, checked to be open; made CLOEXEC so that R and
+    the container never see the engine's sync/start/attach sockets."""
+    value = os.environ.get(name)
+    if value is None:
+        if required:
+            raise CliError(f"--attach specified but {name} was not")
+        return None
+    try:
+        fd = int(value, 10)
+    except ValueError:
+        raise CliError(f"unable to parse {name}") from None
+    if fd < 0:
+        raise CliError(f"unable to parse {name}")
+    try:
+        os.set_inheritable(fd, False)
+    except OSError as e:
+        raise SetupError(f"unable to make {name} CLOEXEC", e) from None
+    return fd
+
+
+class _Forwarder:
+    """SIGTERM/SIGINT/SIGQUIT while the runtime runs: forward to the container if its pid is
+    known, else to the runtime (contract §8.7). The monitor takes over once trio runs."""
+
+    runtime_pid = 0
+    container_pid = 0
+
+    def __call__(self, sig: int, frame: object) -> None:
+        for pid in (self.container_pid, self.runtime_pid):
+            if pid > 0:
+                try:
+                    os.kill(pid, sig)
+                    return
+                except ProcessLookupError:
+                    continue
+
+
+FORWARDER = _Forwarder()
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    fds = inherited_fds()
+    os.umask(0o022)
+    # Until the runtime is forked, SIGTERM ends us at once with 1 and no cleanup; SIGINT
+    # keeps its default action (Python would otherwise raise KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv, fds)
+    except PymonError as e:
+        try:
+            os.write(2, e.render().encode(errors="replace"))
+        except OSError:
+            pass
+        return e.status
+
+
+def _main(argv: list[str], fds: tuple[int, ...]) -> int:
+    parsed = parse_args(argv)
+    if isinstance(parsed, str):
+        sys.stdout.write(parsed)
+        return 0
+    if parsed.version:
+        sys.stdout.write(version_text())
+        return 0
+    config = build_config(parsed)
+    opts = config.opts
+    log.configure(config.log_level, opts.syslog, config.cid, opts.log_tag)
+
+    # Checks conmon leaves to M, where a failure reaches nobody: done here, so the engine
+    # gets a message and nothing is left behind.
+    sync_fd = env_fd("_OCI_SYNCPIPE")
+    start_fd = env_fd("_OCI_STARTPIPE")
+    attach_fd = env_fd("_OCI_ATTACHPIPE", required=True) if opts.exec_attach else None
+    if config.bundle is not None and not os.path.isdir(config.bundle):
+        raise CliError(f"Bundle path {config.bundle} is not a directory")
+    for what, d in (("exit", opts.exit_dir), ("persist", opts.persist_dir)):
+        if d and not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
+            raise CliError(f"The {what} directory {d} is not a writable directory")
+
+    log_fd = None
+    created_log = False
+    if config.logs.k8s_path is not None:
+        created_log = not os.path.lexists(config.logs.k8s_path)
+        try:
+            log_fd = open_k8s_file(config.logs.k8s_path)
+        except OSError as e:
+            raise SetupError("Failed to open log file", e) from None
+    try:
+        check_log_rules(config)
+    except CliError:
+        if created_log and config.logs.k8s_path:
+            os.unlink(config.logs.k8s_path)
+        raise
+    if opts.no_container_partial_message and not config.logs.journald:
+        log.warning("--no-container-partial-message has no effect without journald log driver")
+
+    oom = procattrs.lower_oom_score_adj()
+    read_start_pipe(start_fd, keep=opts.exec_attach)
+    if not opts.sync:
+        daemonize(opts.conmon_pidfile)
+    return monitor_process(config, fds, sync_fd, start_fd if opts.exec_attach else None,
+                           attach_fd, log_fd, oom)
+
+
+def read_start_pipe(fd: int | None, keep: bool) -> None:
+    """Block until the engine has placed us in our cgroup (it then writes one byte).
+    EOF is fine. Nothing may be forked before this returns (contract §2.7)."""
+    if fd is None or fd <= 0:
+        return
+    try:
+        os.read(fd, 8192)
+    except OSError as e:
+        raise SetupError("start-pipe read failed", e) from None
+    if not keep:
+        os.close(fd)
+
+
+def daemonize(conmon_pidfile: str | None) -> None:
+    """Fork once; the parent (P0) writes the child's pid and exits 0 so the engine's wait
+    returns. The child continues as M."""
+    pid = os.fork()
+    if pid == 0:
+        return
+    if conmon_pidfile:
+        try:
+            write_atomic(conmon_pidfile, str(pid))
+        except OSError as e:
+            os.kill(pid, signal.SIGKILL)  # leave nothing behind
+            os.waitpid(pid, 0)
+            os.write(2, f"[conmon:e]: Failed to write conmon pidfile: {e.strerror}\n".encode())
+            os._exit(1)
+    os._exit(0)
+
+
+def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
+                    start_fd: int | None, attach_fd: int | None, log_fd: int | None,
+                    oom: bytes | None) -> int:
+    """M: everything from setsid to the exit command. Returns M's exit status."""
+    from pymon import _native
+
+    opts = config.opts
+    passthrough = config.logs.passthrough
+    try:
+        os.setsid()
+    except OSError:
+        pass  # --sync under a parent that used Setpgid: EPERM, harmless
+    try:
+        _native.set_child_subreaper(True)
+    except OSError as e:
+        raise SetupError("Failed to set as subreaper", e) from None
+    if not passthrough:
+        # Mandatory: with `podman run -t` our stderr is a pipe podman drains to EOF.
+        null_stdio()
+
+    # Stdio plumbing (contract §3.2). M's ends are CLOEXEC; R's ends are dup'ed onto 0-2.
+    stdin_r = stdin_w = stdout_r = stdout_w = stderr_r = stderr_w = None
+    if not passthrough:
+        if opts.stdin and not opts.terminal:
+            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        if not opts.terminal:
+            stdout_r, stdout_w = make_pipe()
+        stderr_r, stderr_w = make_pipe()
+    devnull = None
+    if not passthrough and (stdin_r is None or stdout_w is None):
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    ctl = winsz = None
+    if config.bundle is not None and not passthrough:
+        ctl = make_fifo(os.path.join(config.bundle, "ctl"))
+        winsz = make_fifo(os.path.join(config.bundle, "winsz"))
+
+    argv = runtime.runtime_argv(config)
+    log.debug("calling runtime args: %s", " ".join(argv))
+    wiring = runtime.Wiring(
+        stdin=None if passthrough else (stdin_r if stdin_r is not None else devnull),
+        stdout=None if passthrough else (stdout_w if stdout_w is not None else devnull),
+        stderr=None if passthrough else stderr_w,
+        oom_score_adj=oom, start_fd=start_fd)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    rpid = runtime.spawn(argv, wiring, opts.replace_listen_pid)
+    FORWARDER.runtime_pid = rpid
+    for sig in FORWARDED:
+        signal.signal(sig, FORWARDER)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+    for fd in (stdin_r, stdout_w, stderr_w, devnull, start_fd):
+        if fd is not None:
+            os.close(fd)
+    if passthrough:
+        null_stdio()
+
+    status = runtime_wait(rpid)
+    try:
+        result = judge_runtime(config, status, stderr_r)
+    except RuntimeFailure as failure:
+        log.error("%s", failure.log_text)
+        sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec), -1,
+                                       failure.message))
+        finish_without_container(config, oom)
+        return 1
+    FORWARDER.container_pid = result
+    if not config.legacy_exec:
+        sync_fd = sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec),
+                                                 result))
+
+    launched = Launched(
+        config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
+        stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
+        inherited_fds=tuple(fd for fd in fds if fd != sync_fd), oom_score_adj=oom,
+        ctl_fds=ctl, winsz_fds=winsz)
+    from pymon import monitor  # imports trio: only now that the engine has the pid
+
+    code = monitor.run(launched)
+    if opts.exit_command:
+        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom)
+    return code & 0xFF
+
+
+def null_stdio() -> None:
+    fd = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        if fd != target:
+            os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        import fcntl
+
+        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, STDIO_PIPE_SIZE)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size when unprivileged: keep the default
+    return r, w
+
+
+def make_fifo(path: str) -> tuple[int, int]:
+    """mkfifo (replacing a stale one), then hold it open for reading and writing for our
+    whole life, so an engine's O_WRONLY|O_NONBLOCK open always finds a reader."""
+    try:
+        os.mkfifo(path, 0o660)
+    except FileExistsError:
+        os.unlink(path)
+        os.mkfifo(path, 0o660)
+    except OSError as e:
+        raise SetupError(f"Failed to mkfifo at {path}", e) from None
+    r = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    w = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    return r, w
+
+
+def runtime_wait(rpid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(rpid, 0)
+            return status
+        except InterruptedError:
+            continue
+
+
+class RuntimeFailure(Exception):
+    def __init__(self, message: bytes | str | None, log_text: str) -> None:
+        super().__init__(log_text)
+        self.message = message
+        self.log_text = log_text
+
+
+def judge_runtime(config: Config, status: int, stderr_fd: int | None) -> int:
+    """The container pid, or RuntimeFailure with the text for the engine (contract §3.3)."""
+    if not config.opts.exec and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+        text = read_runtime_stderr(stderr_fd, wait=True)
+        raise RuntimeFailure(text, f"Failed to create container: exit status {exit_status(status)}")
+    try:
+        return runtime.read_pidfile(config.container_pidfile)
+    except OSError as e:
+        text = read_runtime_stderr(stderr_fd, wait=False)
+        raise RuntimeFailure(text or e.strerror, f"Failed to read pidfile: {e.strerror}") from None
+
+
+def read_runtime_stderr(fd: int | None, wait: bool) -> bytes:
+    """Up to 8191 bytes of what the runtime wrote to stderr. With `wait`, wait for EOF but
+    no longer than a second: a leftover process holding the pipe must not hang us."""
+    if fd is None:
+        return b""
+    import select
+
+    out = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    timeout = 1000 if wait else 0
+    while len(out) < RUNTIME_STDERR_MAX:
+        if not poller.poll(timeout):
+            break
+        chunk = os.read(fd, RUNTIME_STDERR_MAX - len(out))
+        if not chunk:
+            break
+        out += chunk
+        timeout = 100 if wait else 0
+    return out
+
+
+def finish_without_container(config: Config, oom: bytes | None) -> None:
+    """After a failed create no exit file is written, but the exit command runs (conmon
+    registers it with atexit as soon as R is forked)."""
+    opts = config.opts
+    if opts.exit_command:
+        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom)

@@ -1,0 +1,112 @@
+"""The monitor M once the engine has the container pid: the room to read first.
+
+One nursery holds the whole life of the container:
+
+    reaper (SIGCHLD)  signal forwarder  stdout relay  stderr relay
+          |
+    container exited -> relays drain to EOF (bounded by DRAIN_DEADLINE) -> nursery ends
+
+then, in this order (the ordering invariants of ARCHITECTURE.md):
+    logs flushed and fsynced -> engine fds closed -> exit files -> exec exit message.
+The exit command runs after `run` returns (launch.py), outside trio.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import trio
+
+from pymon import sync
+from pymon.diag import log
+from pymon.exitfile import exit_status, write_exit_files
+from pymon.launch import Launched
+from pymon.logformat import STDERR, STDOUT
+from pymon.logs import K8sFileLog, LogSink, Sinks
+from pymon.reaper import Reaper, forward_signals
+from pymon.stdio import Relay
+
+# After the container's pid exits, how long processes it left behind may keep its output
+# pipes open before we stop waiting for EOF. Whatever is in the pipes is read regardless.
+DRAIN_DEADLINE = 2.0
+
+
+class Monitor:
+    def __init__(self, launched: Launched) -> None:
+        self.l = launched
+        self.config = launched.config
+        self.sinks = Sinks(self._make_sinks())
+        self.reaper = Reaper(launched.container_pid)
+        self.relays = [Relay(fd, stream, self.sinks)
+                       for fd, stream in ((launched.stdout_fd, STDOUT), (launched.stderr_fd, STDERR))
+                       if fd is not None]
+
+    def _make_sinks(self) -> list[LogSink]:
+        sinks: list[LogSink] = []
+        opts = self.config.opts
+        path = self.config.logs.k8s_path
+        if path is not None and self.l.log_fd is not None and not self.config.logs.passthrough:
+            sinks.append(K8sFileLog(path, self.l.log_fd, opts.log_size_max,
+                                    opts.log_global_size_max))
+        return sinks
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.reaper.run)
+            nursery.start_soon(forward_signals, self.reaper)
+            for relay in self.relays:
+                nursery.start_soon(relay.run)
+            await self.reaper.exited.wait()
+            with trio.move_on_after(DRAIN_DEADLINE):
+                for relay in self.relays:
+                    await relay.eof.wait()
+            nursery.cancel_scope.cancel()
+        assert self.reaper.wait_status is not None
+        return self.finish(exit_status(self.reaper.wait_status))
+
+    def finish(self, status: int) -> int:
+        """Everything after the container's exit, in the contract's order (§8.3)."""
+        for relay in self.relays:
+            relay.drain()  # every byte still in the pipes reaches the log first
+            relay.close()
+        self.sinks.finish(sync=not self.config.opts.no_sync_log)
+        self.sinks.close()
+        for fd in self.l.inherited_fds:  # lets the engine rebind reserved ports at once
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        opts = self.config.opts
+        try:
+            write_exit_files(opts.exit_dir, opts.persist_dir, self.config.cid, status)
+        except OSError as e:
+            log.error("Failed to write %d to exit file: %s", status, e)
+            status = 1
+        if self.config.is_exec:
+            key = sync.message_key(self.config.api_version, True)
+            sync.send(self.l.sync_fd, sync.encode(key, status))
+        return status
+
+
+def run(launched: Launched) -> int:
+    """Run the monitor until the container has exited and its exit is recorded.
+
+    An unexpected error in any task is logged with its traceback; the container's exit is
+    still waited for and recorded, and M exits non-zero."""
+    monitor = Monitor(launched)
+    try:
+        return trio.run(monitor.run)
+    except Exception:
+        log.error("monitor failed: %s", traceback.format_exc())
+    if monitor.reaper.wait_status is None:
+        monitor.reaper.wait_status = _wait_blocking(launched.container_pid)
+    monitor.finish(exit_status(monitor.reaper.wait_status))
+    return 1
+
+
+def _wait_blocking(pid: int) -> int:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0

@@ -1,0 +1,40 @@
+"""Process attributes the monitor saves and hands back to its children (contract §2.6)."""
+
+from __future__ import annotations
+
+import os
+
+_OOM = "/proc/self/oom_score_adj"
+
+
+def lower_oom_score_adj() -> bytes | None:
+    """Make this process the last the OOM killer picks (-1000), and return the previous
+    value for R and X. None when it could not be read (no /proc, say)."""
+    try:
+        fd = os.open(_OOM, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        old = os.read(fd, 32).strip()
+        try:
+            os.write(fd, b"-1000")
+        except OSError:
+            pass  # EACCES when unprivileged: ignored, as conmon does
+        return old or None
+    finally:
+        os.close(fd)
+
+
+def restore_oom_score_adj(value: bytes | None) -> None:
+    if value is None:
+        return
+    try:
+        fd = os.open(_OOM, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.write(fd, value)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
