@@ -174,8 +174,7 @@ def _main(argv: list[str], fds: tuple[int, ...]) -> int:
     read_start_pipe(start_fd, keep=opts.exec_attach)
     if not opts.sync:
         daemonize(opts.conmon_pidfile)
-    return monitor_process(config, fds, sync_fd, start_fd if opts.exec_attach else None,
-                           attach_fd, log_fd, oom)
+    return monitor_process(config, fds, sync_fd, start_fd, attach_fd, log_fd, oom)
 
 
 def read_start_pipe(fd: int | None, keep: bool) -> None:
@@ -216,6 +215,11 @@ def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
 
     opts = config.opts
     passthrough = config.logs.passthrough
+    # The engine's fds we hold until teardown (§2.2). The start fd is closed before then and
+    # its number may be reused, and the sync fd lives to the end: neither is in the set.
+    engine_fds = tuple(fd for fd in fds if fd not in (sync_fd, start_fd))
+    if not opts.exec_attach:
+        start_fd = None  # already read and closed by P0
     try:
         os.setsid()
     except OSError:
@@ -282,7 +286,7 @@ def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
-        inherited_fds=tuple(fd for fd in fds if fd != sync_fd), oom_score_adj=oom,
+        inherited_fds=engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 

@@ -25,7 +25,7 @@ from pymon.launch import Launched
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
 from pymon.reaper import Reaper, forward_signals
-from pymon.stdio import Relay
+from pymon.stdio import Relay, pump
 
 # After the container's pid exits, how long processes it left behind may keep its output
 # pipes open before we stop waiting for EOF. Whatever is in the pipes is read regardless.
@@ -52,21 +52,22 @@ class Monitor:
         return sinks
 
     async def run(self) -> int:
+        """The container's life; returns its exit status once its output is drained."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.reaper.run)
             nursery.start_soon(forward_signals, self.reaper)
-            for relay in self.relays:
-                nursery.start_soon(relay.run)
+            nursery.start_soon(pump, self.relays)
             await self.reaper.exited.wait()
             with trio.move_on_after(DRAIN_DEADLINE):
                 for relay in self.relays:
                     await relay.eof.wait()
             nursery.cancel_scope.cancel()
         assert self.reaper.wait_status is not None
-        return self.finish(exit_status(self.reaper.wait_status))
+        return exit_status(self.reaper.wait_status)
 
     def finish(self, status: int) -> int:
-        """Everything after the container's exit, in the contract's order (§8.3)."""
+        """Everything after the container's exit, in the contract's order (§8.3). Runs
+        after trio.run has returned, so closing the engine's fds cannot hit trio's own."""
         for relay in self.relays:
             relay.drain()  # every byte still in the pipes reaches the log first
             relay.close()
@@ -96,13 +97,14 @@ def run(launched: Launched) -> int:
     still waited for and recorded, and M exits non-zero."""
     monitor = Monitor(launched)
     try:
-        return trio.run(monitor.run)
+        status = trio.run(monitor.run)
     except Exception:
         log.error("monitor failed: %s", traceback.format_exc())
-    if monitor.reaper.wait_status is None:
-        monitor.reaper.wait_status = _wait_blocking(launched.container_pid)
-    monitor.finish(exit_status(monitor.reaper.wait_status))
-    return 1
+        if monitor.reaper.wait_status is None:
+            monitor.reaper.wait_status = _wait_blocking(launched.container_pid)
+        monitor.finish(exit_status(monitor.reaper.wait_status))
+        return 1
+    return monitor.finish(status)
 
 
 def _wait_blocking(pid: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 from collections.abc import Callable
 
 import trio
@@ -52,13 +53,6 @@ class Relay:
             self.fanout(chunk, self.stream)
         return True
 
-    async def run(self) -> None:
-        while not self.eof.is_set():
-            if self.read_available():
-                await trio.lowlevel.checkpoint()  # let other tasks run under a flood
-            elif not self.eof.is_set():
-                await trio.lowlevel.wait_readable(self.fd)
-
     def drain(self) -> None:
         """Everything still in the pipe, without waiting (the final drain at exit)."""
         while not self.eof.is_set() and self.read_available():
@@ -68,3 +62,30 @@ class Relay:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+async def pump(relays: list[Relay]) -> None:
+    """Relay all streams from one task until each reaches EOF.
+
+    One task with a private epoll set (itself pollable, so trio waits on it) instead of a
+    task per stream: when stdout and stderr are both readable, stdout is read first, so
+    `echo out; echo err >&2` is logged in the order it was written. Trio would otherwise
+    run two ready tasks in a random order."""
+    ep = select.epoll()
+    try:
+        live = [r for r in relays if not r.eof.is_set()]
+        for r in live:
+            ep.register(r.fd, select.EPOLLIN)
+        while live:
+            progressed = False
+            for r in live:
+                progressed |= r.read_available()
+            for r in [r for r in live if r.eof.is_set()]:
+                ep.unregister(r.fd)  # a hung-up pipe would keep the epoll set readable
+                live.remove(r)
+            if progressed:
+                await trio.lowlevel.checkpoint()  # let other tasks run under a flood
+            elif live:
+                await trio.lowlevel.wait_readable(ep.fileno())
+    finally:
+        ep.close()

@@ -1,0 +1,149 @@
+"""Shared fixtures: a busybox-static rootfs, OCI bundles for real runc, and cleanup that
+guarantees no container or monitor outlives its test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.engine import Session, kill_if_alive
+
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+APPLETS = ("sh", "echo", "cat", "sleep", "ls", "true", "false", "printf", "yes", "head", "dd",
+           "env", "stty", "id", "trap", "kill", "seq", "tr", "wc", "tail")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    can_run = os.geteuid() == 0 and os.path.exists(RUNC) and os.path.exists(BUSYBOX)
+    for item in items:
+        if "integration" in item.nodeid.split("/"):
+            item.add_marker(pytest.mark.integration)
+            if not can_run:
+                item.add_marker(pytest.mark.skip(reason="needs root, runc and busybox-static"))
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rootfs")
+    (root / "bin").mkdir()
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "tmp", "etc", "root"):
+        (root / d).mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("spec")
+    subprocess.run([RUNC, "spec", "--bundle", str(d)], check=True)
+    return json.loads((d / "config.json").read_text())
+
+
+class Bundles:
+    """Makes bundle directories whose config.json runs `args` on the shared rootfs."""
+
+    def __init__(self, root: Path, rootfs: Path, spec: dict) -> None:
+        self.root, self.rootfs, self.spec = root, rootfs, spec
+        self.count = 0
+
+    def make(self, args: list[str], *, tty: bool = False, memory_limit: int | None = None,
+             env: list[str] | None = None) -> Path:
+        self.count += 1
+        bundle = self.root / f"b{self.count}"
+        bundle.mkdir()
+        spec = copy.deepcopy(self.spec)
+        spec["root"] = {"path": str(self.rootfs), "readonly": True}
+        spec["process"]["args"] = args
+        spec["process"]["terminal"] = tty
+        if env is not None:
+            spec["process"]["env"] = env
+        spec["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "nodev", "mode=1777"]})
+        if memory_limit is not None:
+            spec["linux"].setdefault("resources", {})["memory"] = {"limit": memory_limit,
+                                                                  "swap": memory_limit}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
+
+
+@pytest.fixture
+def bundles(tmp_path: Path, rootfs: Path, base_spec: dict) -> Bundles:
+    return Bundles(tmp_path, rootfs, base_spec)
+
+
+class Launcher:
+    """Starts pymon sessions and cleans up every container and monitor they made."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sessions: list[Session] = []
+        self.cids: list[str] = []
+
+    def new_cid(self) -> str:
+        cid = "pymon-test-" + uuid.uuid4().hex[:16]
+        self.cids.append(cid)
+        return cid
+
+    def launch(self, argv: list[str], **kwargs: object) -> Session:
+        session = Session(argv, **kwargs)  # type: ignore[arg-type]
+        self.sessions.append(session)
+        return session
+
+    def create(self, bundle: Path, *extra: str, log: str | None = None,
+               exit_command: list[str] | None = None, runtime: str = RUNC,
+               **kwargs: object) -> tuple[Session, Paths]:
+        """Launch pymon for `runtime create` with podman 4.3.1's argv shape."""
+        cid = self.new_cid()
+        paths = Paths(bundle, cid)
+        paths.exits.mkdir(exist_ok=True)
+        argv = ["--api-version", "1", "-c", cid, "-u", cid, "-r", runtime, "-b", str(bundle),
+                "-p", str(paths.pidfile), "-n", "test-" + cid[-6:],
+                "--exit-dir", str(paths.exits), "--full-attach",
+                "-l", log if log is not None else f"k8s-file:{paths.log}",
+                "--log-level", "warning", "--conmon-pidfile", str(paths.conmon_pidfile)]
+        if exit_command:
+            argv += ["--exit-command", exit_command[0]]
+            for a in exit_command[1:]:
+                argv += ["--exit-command-arg", a]
+        argv += extra
+        kwargs.setdefault("conmon_pidfile", str(paths.conmon_pidfile))
+        return self.launch(argv, **kwargs), paths
+
+    def cleanup(self) -> None:
+        for s in self.sessions:
+            if s.conmon_pidfile and os.path.exists(s.conmon_pidfile):
+                kill_if_alive(s.monitor_pid)
+            s.close()
+        for cid in self.cids:
+            subprocess.run([RUNC, "delete", "--force", cid], capture_output=True)
+
+
+class Paths:
+    """Where a launch's files go."""
+
+    def __init__(self, bundle: Path, cid: str) -> None:
+        self.bundle, self.cid = bundle, cid
+        self.pidfile = bundle / "pidfile"
+        self.conmon_pidfile = bundle / "conmon.pid"
+        self.exits = bundle / "exits"
+        self.exit_file = self.exits / cid
+        self.log = bundle / "ctr.log"
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path)
+    yield launcher
+    launcher.cleanup()

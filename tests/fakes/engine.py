@@ -1,0 +1,122 @@
+"""A fake engine: launches pymon the way podman launches conmon (socketpairs for the sync,
+start and attach pipes, passed as fds 3.. with _OCI_* variables), then talks to it."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PYMON = [sys.executable, "-m", "pymon"]
+
+
+class Session:
+    """One pymon launch: P0's process, our ends of the three socketpairs."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
+                 exec_attach: bool = False, extra_fds: list[int] = (),  # type: ignore[assignment]
+                 cwd: str | None = None, send_start: bool = True,
+                 conmon_pidfile: str | None = None) -> None:
+        self.sync, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.start, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.attach = attach_child = None
+        fds = list(extra_fds) + [sync_child.fileno(), start_child.fileno()]
+        child_env = dict(os.environ if env is None else env)
+        child_env["_OCI_SYNCPIPE"] = str(sync_child.fileno())
+        child_env["_OCI_STARTPIPE"] = str(start_child.fileno())
+        if exec_attach:
+            self.attach, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            fds.append(attach_child.fileno())
+            child_env["_OCI_ATTACHPIPE"] = str(attach_child.fileno())
+        self.conmon_pidfile = conmon_pidfile
+        self.p0 = subprocess.Popen(PYMON + argv, env=child_env, pass_fds=fds, cwd=cwd,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, process_group=0)
+        for s in (sync_child, start_child, attach_child):
+            if s is not None:
+                s.close()
+        self.p0_stderr = b""
+        if send_start:
+            self.send_start()
+
+    def send_start(self, data: bytes = b"\0") -> None:
+        try:
+            self.start.send(data)
+        except BrokenPipeError:
+            pass  # P0 failed before reading it, as podman 4.3.1 sees it
+
+    def wait_p0(self, timeout: float = 10) -> int:
+        _, err = self.p0.communicate(timeout=timeout)
+        self.p0_stderr = err
+        return self.p0.returncode
+
+    def read_sync(self, timeout: float = 10) -> bytes:
+        """One packet from the sync pipe, or b'' on EOF."""
+        return _recv(self.sync, timeout)
+
+    def read_attach_pipe(self, timeout: float = 10) -> bytes:
+        assert self.attach is not None
+        return _recv(self.attach, timeout)
+
+    @property
+    def monitor_pid(self) -> int:
+        assert self.conmon_pidfile, "launch with -P to know the monitor's pid"
+        return int(Path(self.conmon_pidfile).read_text())
+
+    def wait_monitor(self, timeout: float = 20) -> None:
+        """Wait until the monitor process has exited (it is not our child: use a pidfd)."""
+        wait_pid_gone(self.monitor_pid, timeout)
+
+    def close(self) -> None:
+        for s in (self.sync, self.start, self.attach):
+            if s is not None:
+                s.close()
+        if self.p0.poll() is None:
+            self.p0.kill()
+            self.p0.wait()
+        for stream in (self.p0.stdout, self.p0.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _recv(sock: socket.socket, timeout: float) -> bytes:
+    ready, _, _ = select.select([sock], [], [], timeout)
+    if not ready:
+        raise TimeoutError("no packet within %.1fs" % timeout)
+    return sock.recv(65536)
+
+
+def wait_pid_gone(pid: int, timeout: float) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise TimeoutError(f"process {pid} still running after {timeout}s")
+    finally:
+        os.close(fd)
+
+
+def kill_if_alive(pid: int) -> bool:
+    """SIGKILL `pid` if it still runs; True if it had to be killed."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    wait_pid_gone(pid, 10)
+    return True
+
+
+def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll a condition that has no event to wait on (a file written by another process)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.01)
