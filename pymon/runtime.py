@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+# _signal, not signal: the public module imports enum (~4 ms on the start-up path)
+# for IntEnum wrappers we do not need; the functions and constants are the same.
+import _signal as signal
 
 from pymon import procattrs
 from pymon.config import Config

@@ -3,10 +3,7 @@ guarantees no container or monitor outlives its test."""
 
 from __future__ import annotations
 
-import copy
-import json
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs, runc_spec, write_bundle
 from tests.fakes.engine import Session, kill_if_alive
-
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-APPLETS = ("sh", "echo", "cat", "sleep", "ls", "true", "false", "printf", "yes", "head", "dd",
-           "env", "stty", "id", "trap", "kill", "seq", "tr", "wc", "tail")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,22 +26,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("rootfs")
-    (root / "bin").mkdir()
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    for d in ("proc", "sys", "dev", "tmp", "etc", "root"):
-        (root / d).mkdir()
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    return root
+    return make_rootfs(tmp_path_factory.mktemp("rootfs"))
 
 
 @pytest.fixture(scope="session")
 def base_spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    d = tmp_path_factory.mktemp("spec")
-    subprocess.run([RUNC, "spec", "--bundle", str(d)], check=True)
-    return json.loads((d / "config.json").read_text())
+    return runc_spec(tmp_path_factory.mktemp("spec"))
 
 
 class Bundles:
@@ -58,24 +41,10 @@ class Bundles:
         self.root, self.rootfs, self.spec = root, rootfs, spec
         self.count = 0
 
-    def make(self, args: list[str], *, tty: bool = False, memory_limit: int | None = None,
-             env: list[str] | None = None) -> Path:
+    def make(self, args: list[str], **kwargs: object) -> Path:
         self.count += 1
-        bundle = self.root / f"b{self.count}"
-        bundle.mkdir()
-        spec = copy.deepcopy(self.spec)
-        spec["root"] = {"path": str(self.rootfs), "readonly": True}
-        spec["process"]["args"] = args
-        spec["process"]["terminal"] = tty
-        if env is not None:
-            spec["process"]["env"] = env
-        spec["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                               "options": ["nosuid", "nodev", "mode=1777"]})
-        if memory_limit is not None:
-            spec["linux"].setdefault("resources", {})["memory"] = {"limit": memory_limit,
-                                                                  "swap": memory_limit}
-        (bundle / "config.json").write_text(json.dumps(spec))
-        return bundle
+        return write_bundle(self.root / f"b{self.count}", self.rootfs, self.spec, args,
+                            **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture

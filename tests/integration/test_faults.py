@@ -212,3 +212,17 @@ def test_bad_input_leaves_no_process(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 1 and b"is not a directory" in err
     assert not (tmp_path / "conmon.pid").exists()
+
+
+# --- run by hand: no engine, no sync pipe ---
+
+def test_by_hand_failure_is_printed_and_exit_1(tmp_path: Path) -> None:
+    rt = fake_runtime(tmp_path, "fail")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("_OCI_")}
+    res = subprocess.run([*PYMON, "-c", "c", "-u", "c", "-r", str(rt), "-b", str(tmp_path),
+                          "-l", "none", "-P", str(tmp_path / "conmon.pid")],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode == 1
+    assert res.stderr == ("[conmon:e]: Failed to create container: "
+                          "fake create failed: no such file or directory\n")
+    wait_pid_gone(int((tmp_path / "conmon.pid").read_text()), 10)
