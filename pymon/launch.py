@@ -18,9 +18,10 @@ import os
 import _signal as signal
 import sys
 
-from pymon import procattrs, runtime, sync
+from pymon import procattrs, runtime, sockets, sync
 from pymon.cli import Frozen, parse_args, version_text
 from pymon.config import Config, build_config, check_log_rules
+from pymon.ctl import Control, read_pending
 from pymon.diag import log
 from pymon.errors import CliError, PymonError, SetupError
 from pymon.exitfile import exit_status, run_exit_command, write_atomic
@@ -35,7 +36,7 @@ class Launched(Frozen):
 
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
-                 "ctl_fds", "winsz_fds")
+                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -48,6 +49,9 @@ class Launched(Frozen):
     oom_score_adj: bytes | None
     ctl_fds: tuple[int, int] | None
     winsz_fds: tuple[int, int] | None
+    attach: sockets.AttachListener | None
+    tty_master: int | None  # terminal mode: the pty master, also `stdin_fd`
+    control: Control  # what ctl/winsz lines do, and their pending partial lines
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -243,7 +247,24 @@ def _relay_report(fd: int) -> int:
 def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
                     start_fd: int | None, attach_fd: int | None, log_fd: int | None,
                     oom: bytes | None) -> int:
-    """M: everything from setsid to the exit command. Returns M's exit status."""
+    """M: everything from setsid to the exit command. Returns M's exit status.
+
+    A set-up failure here is also sent on the sync pipe (conmon sends nothing, and podman
+    then reports only "unexpected end of JSON input")."""
+    try:
+        return _monitor_process(config, fds, sync_fd, start_fd, attach_fd, log_fd, oom)
+    except PymonError as e:
+        key = sync.message_key(config.api_version, config.opts.exec)
+        try:
+            sync.send(sync_fd, sync.encode(key, -1, str(e)))
+        except OSError:
+            pass
+        raise
+
+
+def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
+                     start_fd: int | None, attach_fd: int | None, log_fd: int | None,
+                     oom: bytes | None) -> int:
     from pymon import _native
 
     opts = config.opts
@@ -276,12 +297,26 @@ def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     devnull = None
     if not passthrough and (stdin_r is None or stdout_w is None):
         devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    console = attach = None
+    if opts.terminal and not passthrough:
+        try:
+            console = sockets.ConsoleSocket.create()
+        except OSError as e:
+            raise SetupError("Failed to create console socket", e) from None
     ctl = winsz = None
     if config.bundle is not None and not passthrough:
+        try:
+            attach = sockets.create_attach_listener(config.bundle, opts.full_attach,
+                                                    opts.socket_dir_path, opts.cuuid)
+        except OSError as e:
+            raise SetupError("Failed to create container attach socket", e) from None
         ctl = make_fifo(os.path.join(config.bundle, "ctl"))
         winsz = make_fifo(os.path.join(config.bundle, "winsz"))
+    if attach_fd is not None:
+        # exec attach (§10): the attach socket is listening; the engine may connect now
+        sync.send(attach_fd, sync.encode("data", 0))
 
-    argv = runtime.runtime_argv(config)
+    argv = runtime.runtime_argv(config, console.path if console else None)
     log.debug("calling runtime args: %s", " ".join(argv))
     wiring = runtime.Wiring(
         stdin=None if passthrough else (stdin_r if stdin_r is not None else devnull),
@@ -302,15 +337,39 @@ def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     if passthrough:
         null_stdio()
 
-    status = runtime_wait(rpid)
+    master = None
+    if console is not None:
+        status, master = runtime_wait_console(rpid, console)
+    else:
+        status = runtime_wait(rpid)
     try:
         result = judge_runtime(config, status, stderr_r)
+        if console is not None and master is None:
+            raise RuntimeFailure("Runtime did not set up terminal", "Runtime did not set up terminal")
     except RuntimeFailure as failure:
         log.error("%s", failure.log_text)
         sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec), -1,
                                        failure.message))
+        if attach is not None and attach.symlink:
+            _unlink(attach.symlink)
         finish_without_container(config, oom)
         return 1
+    control = Control(None, lambda: None)  # the monitor supplies the log reopen
+    if master is not None:
+        from pymon import terminal
+
+        terminal.set_onlcr(master)
+        control.resize = lambda h, w: terminal.resize(master, h, w)
+        # Sizes written before the pty arrived apply now, before the container can start
+        # (conmon's winsz watch does the same once it has the master).
+        for fds, lines, handle in ((ctl, control.ctl_lines, control.on_ctl),
+                                   (winsz, control.winsz_lines, control.on_winsz)):
+            if fds is not None:
+                for line in read_pending(fds[0], lines):
+                    handle(line)
+        stdout_r = os.dup(master)  # output is read from a dup, input written to the master
+        os.set_inheritable(stdout_r, False)
+        stdin_w = master
     FORWARDER.container_pid = result
     if not config.legacy_exec:
         sync_fd = sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec),
@@ -320,7 +379,7 @@ def monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
         inherited_fds=engine_fds, oom_score_adj=oom,
-        ctl_fds=ctl, winsz_fds=winsz)
+        ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 
     code = monitor.run(launched)
@@ -362,6 +421,44 @@ def make_fifo(path: str) -> tuple[int, int]:
     r = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     w = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     return r, w
+
+
+def runtime_wait_console(rpid: int, console: sockets.ConsoleSocket) -> tuple[int, int | None]:
+    """Wait for R while accepting its console connection (terminal mode, §11): the runtime
+    sends the pty master before it exits, so both are watched at once. Returns R's wait
+    status and the master fd, or None if none arrived."""
+    import select
+
+    pidfd = os.pidfd_open(rpid)
+    master = None
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(console.fileno(), select.POLLIN)
+        exited = False
+        while not exited:
+            for fd, _ in poller.poll():
+                if fd == pidfd:
+                    exited = True
+                elif master is None:
+                    poller.unregister(console.fileno())
+                    try:
+                        master = console.receive_master()
+                    except OSError as e:
+                        log.error("Failed to receive console file descriptor: %s", e)
+        if master is None and select.select([console.fileno()], [], [], 0)[0]:
+            master = console.receive_master()  # connected just before exiting
+    finally:
+        os.close(pidfd)
+        console.remove()
+    return runtime_wait(rpid), master
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def runtime_wait(rpid: int) -> int:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from pymon import sync
+from pymon.attach import AttachServer, Stdin
+from pymon.ctl import LineSplitter, read_pending
 from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
 from pymon.launch import Launched
@@ -30,17 +33,29 @@ from pymon.stdio import Relay, pump
 # After the container's pid exits, how long processes it left behind may keep its output
 # pipes open before we stop waiting for EOF. Whatever is in the pipes is read regardless.
 DRAIN_DEADLINE = 2.0
+# How long attach clients get, after the container's exit, to take the output queued for
+# them before they are closed (a client that is reading finishes in far less).
+ATTACH_FLUSH_DEADLINE = 2.0
 
 
 class Monitor:
     def __init__(self, launched: Launched) -> None:
         self.l = launched
         self.config = launched.config
+        opts = self.config.opts
         self.sinks = Sinks(self._make_sinks())
         self.reaper = Reaper(launched.container_pid)
-        self.relays = [Relay(fd, stream, self.sinks)
+        self.stdin = Stdin(launched.stdin_fd) if launched.stdin_fd is not None else None
+        self.attach = None
+        if launched.attach is not None:
+            self.attach = AttachServer(launched.attach.fd, self.stdin,
+                                       close_stdin_on_eof=opts.stdin and not opts.leave_stdin_open)
+        fanout = self.attach.broadcast if self.attach is not None else None
+        self.relays = [Relay(fd, stream, self.sinks, fanout)
                        for fd, stream in ((launched.stdout_fd, STDOUT), (launched.stderr_fd, STDERR))
                        if fd is not None]
+        self.control = launched.control
+        self.control.reopen = self.sinks.reopen
 
     def _make_sinks(self) -> list[LogSink]:
         sinks: list[LogSink] = []
@@ -51,17 +66,42 @@ class Monitor:
                                     opts.log_global_size_max))
         return sinks
 
+    def _backpressure(self) -> Awaitable[None] | None:
+        if self.attach is not None and self.attach.lagging():
+            return self.attach.wait_for_room()
+        return None
+
     async def run(self) -> int:
-        """The container's life; returns its exit status once its output is drained."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.reaper.run)
-            nursery.start_soon(forward_signals, self.reaper)
-            nursery.start_soon(pump, self.relays)
-            await self.reaper.exited.wait()
-            with trio.move_on_after(DRAIN_DEADLINE):
-                for relay in self.relays:
-                    await relay.eof.wait()
-            nursery.cancel_scope.cancel()
+        """The container's life; returns its exit status once its output is drained and
+        every attach client has been given it and closed."""
+        async with trio.open_nursery() as clients:
+            # attach clients outlive the container's tasks: they get the final output
+            if self.attach is not None:
+                self.attach.accept_pending()
+                clients.start_soon(self.attach.serve)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.reaper.run)
+                nursery.start_soon(forward_signals, self.reaper)
+                nursery.start_soon(pump, self.relays, self._backpressure)
+                if self.l.ctl_fds is not None:
+                    nursery.start_soon(serve_fifo, self.l.ctl_fds[0], self.control.ctl_lines,
+                                       self.control.on_ctl)
+                if self.l.winsz_fds is not None:
+                    nursery.start_soon(serve_fifo, self.l.winsz_fds[0], self.control.winsz_lines,
+                                       self.control.on_winsz)
+                await self.reaper.exited.wait()
+                with trio.move_on_after(DRAIN_DEADLINE):
+                    for relay in self.relays:
+                        await relay.eof.wait()
+                nursery.cancel_scope.cancel()
+            for relay in self.relays:
+                relay.drain()  # every byte still in the pipes reaches the log and the clients
+            if self.attach is not None:
+                await self.attach.flush(ATTACH_FLUSH_DEADLINE)
+                self.attach.close()
+            clients.cancel_scope.cancel()
+        if self.stdin is not None:
+            self.stdin.close()
         assert self.reaper.wait_status is not None
         return exit_status(self.reaper.wait_status)
 
@@ -69,7 +109,7 @@ class Monitor:
         """Everything after the container's exit, in the contract's order (§8.3). Runs
         after trio.run has returned, so closing the engine's fds cannot hit trio's own."""
         for relay in self.relays:
-            relay.drain()  # every byte still in the pipes reaches the log first
+            relay.drain()  # normally a no-op: run() drained (this covers a failed run)
             relay.close()
         self.sinks.finish(sync=not self.config.opts.no_sync_log)
         self.sinks.close()
@@ -87,7 +127,22 @@ class Monitor:
         if self.config.is_exec:
             key = sync.message_key(self.config.api_version, True)
             sync.send(self.l.sync_fd, sync.encode(key, status))
+        if self.l.attach is not None:  # removed after the exit file, as conmon does
+            for path in (self.l.attach.path, self.l.attach.symlink):
+                if path:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
         return status
+
+
+async def serve_fifo(fd: int, lines: LineSplitter, handle: Callable[[bytes], None]) -> None:
+    """Serve a ctl/winsz fifo. We hold its write end too, so it never reports EOF."""
+    while True:
+        for line in read_pending(fd, lines):
+            handle(line)
+        await trio.lowlevel.wait_readable(fd)
 
 
 def run(launched: Launched) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -64,7 +64,8 @@ class Relay:
             self.fd = -1
 
 
-async def pump(relays: list[Relay]) -> None:
+async def pump(relays: list[Relay],
+               backpressure: Callable[[], Awaitable[None] | None] | None = None) -> None:
     """Relay all streams from one task until each reaches EOF.
 
     One task with a private epoll set (itself pollable, so trio waits on it) instead of a
@@ -84,7 +85,11 @@ async def pump(relays: list[Relay]) -> None:
                 ep.unregister(r.fd)  # a hung-up pipe would keep the epoll set readable
                 live.remove(r)
             if progressed:
-                await trio.lowlevel.checkpoint()  # let other tasks run under a flood
+                waiting = backpressure() if backpressure is not None else None
+                if waiting is not None:
+                    await waiting  # a lagging attach client: see attach.py
+                else:
+                    await trio.lowlevel.checkpoint()  # let other tasks run under a flood
             elif live:
                 await trio.lowlevel.wait_readable(ep.fileno())
     finally:

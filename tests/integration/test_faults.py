@@ -61,8 +61,8 @@ def test_sync_mode_monitor_exits_1_on_failure(tmp_path: Path) -> None:
 
 def test_sync_mode_monitor_exit_status_is_container_status(tmp_path: Path) -> None:
     rt = fake_runtime(tmp_path, "ok-exit-5")
-    res = subprocess.run([*PYMON, "--sync", "-c", "c", "-u", "c", "-r", str(rt), "-b",
-                          str(tmp_path), "-l", f"k8s-file:{tmp_path}/log", "--exit-dir",
+    res = subprocess.run([*PYMON, "--sync", "--full-attach", "-c", "c", "-u", "c", "-r", str(rt),
+                          "-b", str(tmp_path), "-l", f"k8s-file:{tmp_path}/log", "--exit-dir",
                           str(tmp_path), "-p", str(tmp_path / "pid")],
                          capture_output=True, timeout=30)
     assert res.returncode == 5
@@ -220,9 +220,25 @@ def test_by_hand_failure_is_printed_and_exit_1(tmp_path: Path) -> None:
     rt = fake_runtime(tmp_path, "fail")
     env = {k: v for k, v in os.environ.items() if not k.startswith("_OCI_")}
     res = subprocess.run([*PYMON, "-c", "c", "-u", "c", "-r", str(rt), "-b", str(tmp_path),
-                          "-l", "none", "-P", str(tmp_path / "conmon.pid")],
+                          "--full-attach", "-l", "none", "-P", str(tmp_path / "conmon.pid")],
                          capture_output=True, text=True, timeout=30, env=env)
     assert res.returncode == 1
     assert res.stderr == ("[conmon:e]: Failed to create container: "
                           "fake create failed: no such file or directory\n")
     wait_pid_gone(int((tmp_path / "conmon.pid").read_text()), 10)
+
+
+def test_monitor_setup_failure_reaches_engine(launcher: Launcher, tmp_path: Path) -> None:
+    """conmon sends nothing when the monitor fails before the runtime runs; we send why."""
+    rt = fake_runtime(tmp_path, "ok-exit-5")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    cid = launcher.new_cid()
+    session = launcher.launch(["--api-version", "1", "-c", cid, "-u", cid, "-r", str(rt),
+                               "-b", str(bundle), "-l", "none",
+                               "--socket-dir-path", str(tmp_path / "missing")])
+    assert session.wait_p0() == 0
+    assert json.loads(session.read_sync()) == {
+        "data": -1, "message": "Failed to create container attach socket No such file or directory"}
+    assert session.read_sync() == b""
+    assert calls(rt) == []

@@ -152,7 +152,7 @@ def test_by_hand_returns_once_the_container_exists(bundles: Bundles, launcher: L
     cid = launcher.new_cid()
     env = {k: v for k, v in os.environ.items() if not k.startswith("_OCI_")}
     (bundle / "exits").mkdir()
-    res = subprocess.run([sys.executable, "-m", "pymon", "-c", cid, "-u", cid, "-r", RUNC,
+    res = subprocess.run([sys.executable, "-m", "pymon", "-c", cid, "-u", cid, "-r", RUNC, "--full-attach",
                           "-b", str(bundle), "-p", str(bundle / "pidfile"),
                           "--exit-dir", str(bundle / "exits"), "-l", f"k8s-file:{bundle}/log",
                           "-P", str(bundle / "conmon.pid")], env=env, timeout=30)

@@ -1,0 +1,239 @@
+"""The attach socket (§6): output to every client, input to the container's stdin.
+
+conmon writes to each client with a blocking write, so one client that stops reading
+stalls the container, the log and every other client. Here each client has its own queue
+and writer task. Output is never reordered or partly dropped for a client we keep:
+
+* a client whose queue passes HIGH_WATER makes the relay wait (the container is slowed to
+  the pace of its slowest *reading* client, as with conmon, and nothing is lost);
+* a client that is over HIGH_WATER and has taken nothing for STALL_TIMEOUT seconds is
+  disconnected, and everyone else goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections import deque
+
+import trio
+
+from pymon.diag import log
+
+PACKET_DATA_MAX = 8192  # podman reads 8193-byte packets: type byte + 8192
+INPUT_READ_MAX = 32768  # podman sends at most 32 KiB per packet
+HIGH_WATER = 1 << 20
+STALL_TIMEOUT = 2.0
+STREAM_TYPES = {b"stdout": 2, b"stderr": 3}
+
+
+class Stdin:
+    """The container's stdin (the -i pipe, or the pty master), shared by all clients."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = trio.Lock()  # one client's packet is written whole before the next
+        os.set_blocking(fd, False)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    async def write(self, data: bytes) -> None:
+        async with self.lock:
+            view = memoryview(data)
+            while view and not self.closed:
+                try:
+                    view = view[os.write(self.fd, view):]
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_writable(self.fd)
+                    except trio.ClosedResourceError:
+                        return  # closed by another client's EOF meanwhile
+                except OSError as e:  # the container closed its stdin, or exited
+                    log.debug("write to container stdin failed: %s", e.strerror)
+                    self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+
+class Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.wake = trio.Event()
+        self.progress = trio.Event()
+        self.cancel = trio.CancelScope()
+        self.closed = False
+
+    def enqueue(self, packets: list[bytes], size: int) -> None:
+        self.queue.extend(packets)
+        self.queued += size
+        self.wake.set()
+
+    async def send_queued(self) -> None:
+        while not self.closed:
+            if not self.queue:
+                self.wake = trio.Event()
+                await self.wake.wait()
+                continue
+            packet = self.queue[0]
+            try:
+                self.sock.send(packet)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_writable(self.sock)
+                except trio.ClosedResourceError:
+                    return  # dropped or closed meanwhile
+                continue
+            except OSError as e:  # EPIPE, ECONNRESET: the client went away
+                log.debug("attach client write failed: %s", e.strerror)
+                self.close()
+                return
+            self.queue.popleft()
+            self.queued -= len(packet)
+            self.progress.set()
+            self.progress = trio.Event()
+
+    async def receive_input(self, stdin: Stdin | None, close_stdin_on_eof: bool) -> None:
+        while not self.closed:
+            try:
+                data = self.sock.recv(INPUT_READ_MAX)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(self.sock)
+                except trio.ClosedResourceError:
+                    return
+                continue
+            except OSError:
+                data = b""
+            if not data:  # EOF, SHUT_WR or a zero-length packet (§6.4)
+                try:
+                    self.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+                if stdin is not None and close_stdin_on_eof:
+                    stdin.close()
+                return
+            if stdin is not None and not stdin.closed:
+                await stdin.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.cancel.cancel()
+            self.wake.set()
+            self.progress.set()
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+
+class AttachServer:
+    def __init__(self, listener_fd: int, stdin: Stdin | None, close_stdin_on_eof: bool) -> None:
+        self.listener = socket.socket(fileno=listener_fd)
+        self.listener.setblocking(False)
+        self.stdin = stdin
+        self.close_stdin_on_eof = close_stdin_on_eof
+        self.clients: list[Client] = []
+
+    def accept_pending(self) -> None:
+        """Take every connection already waiting in the backlog. Called before the first
+        read of container output: an engine connects before `runtime start` and must see
+        the container's first byte."""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            self.clients.append(Client(conn))
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for client in self.clients:
+                nursery.start_soon(self._run_client, client)
+            while True:
+                try:
+                    conn, _ = self.listener.accept()
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_readable(self.listener)
+                    except trio.ClosedResourceError:
+                        return  # close(): the monitor is done
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("attach accept failed: %s", e.strerror)
+                        await trio.sleep(0.1)  # out of fds: retry rather than spin
+                        continue
+                    raise
+                conn.setblocking(False)
+                client = Client(conn)
+                self.clients.append(client)
+                nursery.start_soon(self._run_client, client)
+
+    async def _run_client(self, client: Client) -> None:
+        with client.cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_queued)
+                await client.receive_input(self.stdin, self.close_stdin_on_eof)
+                # input is done; output continues until the client or the monitor closes
+        self._forget(client)
+
+    def _forget(self, client: Client) -> None:
+        client.close()
+        if client in self.clients:
+            self.clients.remove(client)
+
+    def broadcast(self, chunk: bytes, stream: bytes) -> None:
+        """Queue `chunk` as packets of at most 8193 bytes for every client (newest first,
+        as conmon serves them)."""
+        if not self.clients:
+            return
+        kind = bytes((STREAM_TYPES[stream],))
+        if len(chunk) <= PACKET_DATA_MAX:
+            packets = [kind + chunk]
+        else:
+            packets = [kind + chunk[i:i + PACKET_DATA_MAX]
+                       for i in range(0, len(chunk), PACKET_DATA_MAX)]
+        size = len(chunk) + len(packets)
+        for client in reversed(self.clients):
+            client.enqueue(packets, size)
+
+    def lagging(self) -> bool:
+        return any(c.queued > HIGH_WATER for c in self.clients)
+
+    async def wait_for_room(self) -> None:
+        """Wait while a client is over HIGH_WATER; drop the ones that stopped reading."""
+        for client in list(self.clients):
+            while client.queued > HIGH_WATER and not client.closed:
+                with trio.move_on_after(STALL_TIMEOUT) as timer:
+                    await client.progress.wait()
+                if timer.cancelled_caught:
+                    log.warning("attach client stopped reading with %d bytes queued: "
+                                "disconnected", client.queued)
+                    self._forget(client)
+
+    async def flush(self, timeout: float) -> None:
+        """Give clients up to `timeout` seconds to take what is queued for them."""
+        with trio.move_on_after(timeout):
+            for client in list(self.clients):
+                while client.queue and not client.closed:
+                    await client.progress.wait()
+
+    def close(self) -> None:
+        """Every client sees EOF; the listener stops accepting (§8.3 step 7)."""
+        for client in list(self.clients):
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._forget(client)
+        trio.lowlevel.notify_closing(self.listener)
+        self.listener.close()

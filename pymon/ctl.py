@@ -1,0 +1,120 @@
+"""The ctl and winsz fifos (§7): line parsing and what the lines do (no trio: the launch
+path applies a resize written before the pty arrived, before the engine gets the pid).
+
+`ctl` lines are `TYPE HEIGHT WIDTH`: type 1 resizes the pty, type 2 reopens the logs.
+Every line is judged on its own; a bad one is ignored with a warning and never affects the
+next. A line longer than MAX_LINE is dropped whole (conmon's 200-byte buffer: a very long
+line must not be parsed from its head, which could look valid).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from pymon.diag import log
+
+MAX_LINE = 199
+MAX_SIZE = 1000  # conmon 2.2+: sizes outside 0..1000 are rejected
+
+
+def _decimal(field: bytes) -> int | None:
+    digits = field[1:] if field[:1] in (b"+", b"-") else field
+    if not digits.isdigit():
+        return None  # floats, hex, garbage
+    return int(field)
+
+
+def parse_ctl(line: bytes) -> tuple[int, int, int] | None:
+    """`TYPE H W` (extra fields ignored) -> (type, h, w), or None if the line is invalid."""
+    fields = line.split()
+    if len(fields) < 3:
+        return None
+    values = [_decimal(f) for f in fields[:3]]
+    if any(v is None for v in values):
+        return None
+    kind, h, w = values  # type: ignore[misc]
+    if not (0 <= h <= MAX_SIZE and 0 <= w <= MAX_SIZE):
+        return None
+    return kind, h, w
+
+
+def parse_winsz(line: bytes) -> tuple[int, int] | None:
+    parsed = parse_ctl(b"1 " + line)
+    return None if parsed is None else (parsed[1], parsed[2])
+
+
+class LineSplitter:
+    """Bytes in, complete lines out; over-long lines are dropped, up to their newline."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.buf = b""
+        self.skipping = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        lines = []
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > self.max_line:
+                    self.buf = b""
+                    if not self.skipping:
+                        log.warning("ctl: line longer than %d bytes dropped", self.max_line)
+                    self.skipping = True
+                return lines
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            if self.skipping:
+                self.skipping = False  # the tail of a dropped line
+                continue
+            if len(line) > self.max_line:
+                log.warning("ctl: line longer than %d bytes dropped", self.max_line)
+                continue
+            lines.append(line)
+
+
+def read_pending(fd: int, splitter: LineSplitter) -> list[bytes]:
+    """Complete lines waiting in the fifo now, without blocking."""
+    lines: list[bytes] = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return lines
+        if not data:
+            return lines
+        lines += splitter.feed(data)
+
+
+class Control:
+    """What ctl and winsz lines do: resize the pty, reopen the logs."""
+
+    def __init__(self, resize: Callable[[int, int], None] | None,
+                 reopen: Callable[[], None]) -> None:
+        self.resize = resize
+        self.reopen = reopen
+        # the fifos' partial lines, carried from the launch path into the monitor
+        self.ctl_lines = LineSplitter()
+        self.winsz_lines = LineSplitter()
+
+    def on_ctl(self, line: bytes) -> None:
+        parsed = parse_ctl(line)
+        if parsed is None:
+            log.warning("ctl: invalid message %r ignored", line[:64])
+            return
+        kind, h, w = parsed
+        if kind == 1:
+            if self.resize is not None:
+                self.resize(h, w)
+        elif kind == 2:
+            self.reopen()
+        else:
+            log.warning("ctl: unknown message type %d ignored", kind)
+
+    def on_winsz(self, line: bytes) -> None:
+        parsed = parse_winsz(line)
+        if parsed is None:
+            log.warning("winsz: invalid message %r ignored", line[:64])
+        elif self.resize is not None:
+            self.resize(*parsed)
