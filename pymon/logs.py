@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from pymon import logformat
+from pymon import logformat, rotation
 from pymon.diag import log
 
 
@@ -33,19 +33,38 @@ class LogSink:
 K8S_MODE = 0o640
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def open_k8s_file(path: str) -> int:
-    """O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, 0640 — done by P0 so a bad path fails early."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, K8S_MODE)
+    """O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, 0640 — done by P0 so a bad path fails early.
+
+    Opened O_NONBLOCK so that a fifo nobody reads fails at once (ENXIO) instead of hanging
+    the engine's `create` (conmon hangs); writes are blocking again afterwards."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                 K8S_MODE)
+    os.set_blocking(fd, True)
+    return fd
 
 
 class K8sFileLog(LogSink):
-    """k8s-file driver: framing from logformat, conmon's size cap (truncate by reopen)."""
+    """k8s-file driver: framing from logformat; at --log-size-max conmon's truncation (the
+    file is replaced by an empty one) or, with --log-rotate, rotation to .1 ... .N."""
 
-    def __init__(self, path: str, fd: int, size_max: int = -1, global_max: int = -1) -> None:
+    def __init__(self, path: str, fd: int, size_max: int = -1, global_max: int = -1,
+                 rotate: bool = False, max_files: int = 1,
+                 allowlist: tuple[str, ...] = ()) -> None:
         self.path = path
         self.fd = fd
         self.size_max = size_max
         self.global_max = global_max
+        self.rotate = rotate
+        self.max_files = max_files
+        self.allowlist = allowlist
         try:
             self.written = os.fstat(fd).st_size  # existing content counts toward the cap
         except OSError:
@@ -86,6 +105,15 @@ class K8sFileLog(LogSink):
         self._failed = False
 
     def reopen(self) -> None:
+        """Continue in a new file at the path: at the size cap, and on ctl message 2 (after
+        a log rotator renamed the file away). With --log-rotate the old file is kept as a
+        backup; otherwise it is replaced, as conmon does."""
+        if self.rotate:
+            self.rotate_now()
+        else:
+            self.truncate()
+
+    def truncate(self) -> None:
         """Replace the file at `path` with a new empty one (tmp + rename: atomic, and an
         inotify watcher sees a create). The old inode keeps what it had."""
         tmp = self.path + ".tmp"
@@ -104,6 +132,74 @@ class K8sFileLog(LogSink):
         os.close(self.fd)
         self.fd = fd
         self.written = 0
+
+    def rotate_now(self) -> None:
+        """Move the full file to `.1` (older backups up, the oldest dropped) and continue in
+        a new file at the path. Refused (logging goes on in the current file) when the path
+        is unsafe or another process holds a write lock on the file."""
+        import fcntl
+
+        reason = rotation.unsafe_path_reason(self.path) or self._unsafe_on_disk()
+        if reason is not None:
+            log.warning("log rotation refused for %s: %s", self.path, reason)
+            self.written = 0  # do not retry for every record
+            return
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.warning("log rotation skipped: %s is locked", self.path)
+            return
+        new = self.path + ".new"
+        try:
+            fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                         K8S_MODE)
+        except OSError as e:
+            log.warning("log rotation failed: %s: %s", new, e.strerror)
+            return
+        try:
+            if os.path.lexists(self.path):  # else someone moved it away already
+                for src, dst in rotation.backup_renames(self.path, self.max_files):
+                    try:
+                        os.rename(src, dst)
+                    except FileNotFoundError:
+                        pass
+                os.rename(self.path, self.path + ".1")
+            os.rename(new, self.path)
+        except OSError as e:
+            log.warning("log rotation failed: %s", e.strerror)
+            os.close(fd)
+            _unlink(new)
+            return
+        os.close(self.fd)  # also releases the lock
+        self.fd = fd
+        self.written = 0
+
+    def _unsafe_on_disk(self) -> str | None:
+        import stat
+
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            return "log path is a symbolic link" if stat.S_ISLNK(st.st_mode) else None
+        # the file is gone: only recreate it in a directory we trust (conmon's checks)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if os.path.realpath(parent) != parent:
+            return "parent path contains symlinks"
+        try:
+            pst = os.stat(parent)
+        except OSError as e:
+            return f"cannot stat parent directory: {e.strerror}"
+        if pst.st_mode & stat.S_IWOTH:
+            return f"parent directory is world-writable: {parent}"
+        if pst.st_uid not in (0, os.getuid(), os.geteuid()):
+            return f"parent directory owned by unexpected uid {pst.st_uid}: {parent}"
+        if self.allowlist and not any(
+                parent == os.path.realpath(d) or parent.startswith(os.path.realpath(d) + "/")
+                for d in self.allowlist):
+            return "parent directory not in allowlist"
+        return None
 
     def finish(self, sync: bool) -> None:
         if sync:

@@ -61,9 +61,17 @@ class Monitor:
         sinks: list[LogSink] = []
         opts = self.config.opts
         path = self.config.logs.k8s_path
-        if path is not None and self.l.log_fd is not None and not self.config.logs.passthrough:
+        if self.config.logs.passthrough:
+            return sinks  # the runtime writes to the engine's stdio directly
+        if path is not None and self.l.log_fd is not None:
             sinks.append(K8sFileLog(path, self.l.log_fd, opts.log_size_max,
-                                    opts.log_global_size_max))
+                                    opts.log_global_size_max, opts.log_rotate,
+                                    opts.log_max_files, opts.log_allowlist_dirs))
+        if self.config.logs.journald:
+            from pymon.journald import JournaldLog
+
+            sinks.append(JournaldLog(self.config.cid, opts.name, opts.log_tag, opts.log_labels,
+                                     partial_flag=not opts.no_container_partial_message))
         return sinks
 
     def _backpressure(self) -> Awaitable[None] | None:

@@ -30,3 +30,35 @@ def is_child_subreaper() -> bool:
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends `sig` to us when our parent dies."""
     _check(lib.prctl(lib.PR_SET_PDEATHSIG, sig, 0, 0, 0), "PR_SET_PDEATHSIG")
+
+
+# inotify event masks (linux/inotify.h), for callers of add_watch
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE_SELF = 0x00000400
+IN_IGNORED = 0x00008000
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd."""
+    return _check(lib.inotify_init1(lib.IN_NONBLOCK | lib.IN_CLOEXEC), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    return _check(lib.inotify_add_watch(fd, os.fsencode(path), mask), f"inotify_add_watch {path}")
+
+
+def inotify_events(data: bytes) -> list[tuple[int, int, str]]:
+    """(wd, mask, name) for each event in a read() of an inotify fd."""
+    import struct
+
+    out, i = [], 0
+    while i + 16 <= len(data):
+        wd, mask, _cookie, size = struct.unpack_from("iIII", data, i)
+        name = data[i + 16:i + 16 + size].rstrip(b"\0").decode(errors="replace")
+        out.append((wd, mask, name))
+        i += 16 + size
+    return out

@@ -21,7 +21,7 @@ class Session:
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
                  exec_attach: bool = False, extra_fds: list[int] = (),  # type: ignore[assignment]
                  cwd: str | None = None, send_start: bool = True,
-                 conmon_pidfile: str | None = None) -> None:
+                 conmon_pidfile: str | None = None, wrapper: list[str] = ()) -> None:  # type: ignore[assignment]
         self.sync, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.start, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.attach = attach_child = None
@@ -34,7 +34,7 @@ class Session:
             fds.append(attach_child.fileno())
             child_env["_OCI_ATTACHPIPE"] = str(attach_child.fileno())
         self.conmon_pidfile = conmon_pidfile
-        self.p0 = subprocess.Popen(PYMON + argv, env=child_env, pass_fds=fds, cwd=cwd,
+        self.p0 = subprocess.Popen([*wrapper, *PYMON, *argv], env=child_env, pass_fds=fds, cwd=cwd,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, process_group=0)
         for s in (sync_child, start_child, attach_child):
