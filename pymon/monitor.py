@@ -158,6 +158,9 @@ def run(launched: Launched) -> int:
 
     An unexpected error in any task is logged with its traceback; the container's exit is
     still waited for and recorded, and M exits non-zero."""
+    from pymon import _native
+
+    _native.keep_heap(trim_threshold=8 << 20, mmap_threshold=4 << 20)
     monitor = Monitor(launched)
     try:
         status = trio.run(monitor.run)

@@ -1,8 +1,7 @@
 """Relay of the container's stdout/stderr to the log sinks (and, later, attach clients).
 
-Reads go into one preallocated buffer per stream and are as large as the pipe holds
-(the pipe is enlarged to 1 MiB in launch.make_pipe): few wake-ups, and the per-line work
-happens in logformat's whole-buffer operations.
+Reads are as large as the pipe holds (the pipe is enlarged to 1 MiB in launch.make_pipe):
+few wake-ups, and the per-line work happens in logformat's whole-buffer operations.
 """
 
 from __future__ import annotations
@@ -18,6 +17,9 @@ from pymon.diag import log
 from pymon.logs import Sinks
 
 READ_SIZE = 256 * 1024
+COALESCE_BYTES = 64 * 1024  # a round that read less than this ...
+COALESCE_WINDOW = 0.002  # ... this soon after the previous one means a flood of small writes
+COALESCE_DELAY = 0.001
 
 
 class Relay:
@@ -30,33 +32,33 @@ class Relay:
         self.sinks = sinks
         self.fanout = fanout
         self.eof = trio.Event()
-        self._buf = bytearray(READ_SIZE)
-        self._view = memoryview(self._buf)
         os.set_blocking(fd, False)
 
-    def read_available(self) -> bool:
-        """Relay what can be read now. Returns False when the pipe would block."""
+    def read_available(self) -> int:
+        """Relay what can be read now. Returns the bytes read: 0 when the pipe would block
+        or is at EOF."""
         try:
-            n = os.readv(self.fd, [self._buf])
+            # os.read allocates READ_SIZE and shrinks the result in place: no second copy
+            # (the heap is kept warm by _native.keep_heap, so this costs no page faults)
+            chunk = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
-            return False
+            return 0
         except OSError as e:
             if e.errno != errno.EIO:  # EIO: a tty whose other side is gone, i.e. EOF
                 log.warning("read from container %s failed: %s", self.stream.decode(), e.strerror)
-            n = 0
-        if n == 0:
+            chunk = b""
+        if not chunk:
             self.eof.set()
-            return False
-        chunk = bytes(self._view[:n])
+            return 0
         self.sinks.write(chunk, self.stream)
         if self.fanout is not None:
             self.fanout(chunk, self.stream)
-        return True
+        return len(chunk)
 
     def drain(self) -> None:
         """Everything still in the pipe, without waiting (the final drain at exit)."""
         while not self.eof.is_set() and self.read_available():
-            pass
+            pass  # until the pipe is empty
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -73,23 +75,31 @@ async def pump(relays: list[Relay],
     `echo out; echo err >&2` is logged in the order it was written. Trio would otherwise
     run two ready tasks in a random order."""
     ep = select.epoll()
+    last_round = 0.0
     try:
         live = [r for r in relays if not r.eof.is_set()]
         for r in live:
             ep.register(r.fd, select.EPOLLIN)
         while live:
-            progressed = False
+            got = 0
             for r in live:
-                progressed |= r.read_available()
+                got += r.read_available()
             for r in [r for r in live if r.eof.is_set()]:
                 ep.unregister(r.fd)  # a hung-up pipe would keep the epoll set readable
                 live.remove(r)
-            if progressed:
+            if got:
+                now = trio.current_time()
                 waiting = backpressure() if backpressure is not None else None
                 if waiting is not None:
                     await waiting  # a lagging attach client: see attach.py
+                elif got < COALESCE_BYTES and now - last_round < COALESCE_WINDOW:
+                    # A flood arriving in small writes: let the pipe fill for a moment so
+                    # the next read is large. Per-read work is what costs CPU here, and
+                    # this adds at most COALESCE_DELAY of latency, only under a flood.
+                    await trio.sleep(COALESCE_DELAY)
                 else:
-                    await trio.lowlevel.checkpoint()  # let other tasks run under a flood
+                    await trio.lowlevel.checkpoint()  # let other tasks run
+                last_round = now
             elif live:
                 await trio.lowlevel.wait_readable(ep.fileno())
     finally:

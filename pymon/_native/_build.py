@@ -19,6 +19,10 @@ ffibuilder.cdef(
     int prctl(int option, unsigned long arg2, unsigned long arg3,
               unsigned long arg4, unsigned long arg5);
 
+    #define M_TRIM_THRESHOLD ...
+    #define M_MMAP_THRESHOLD ...
+    int mallopt(int param, int value);
+
     #define IN_NONBLOCK ...
     #define IN_CLOEXEC ...
     int inotify_init1(int flags);
@@ -31,6 +35,7 @@ ffibuilder.set_source(
     """
     #include <sys/prctl.h>
     #include <sys/inotify.h>
+    #include <malloc.h>
     """,
 )
 

@@ -21,7 +21,8 @@ class Session:
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
                  exec_attach: bool = False, extra_fds: list[int] = (),  # type: ignore[assignment]
                  cwd: str | None = None, send_start: bool = True,
-                 conmon_pidfile: str | None = None, wrapper: list[str] = ()) -> None:  # type: ignore[assignment]
+                 conmon_pidfile: str | None = None, wrapper: list[str] = (),  # type: ignore[assignment]
+                 stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE) -> None:
         self.sync, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.start, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.attach = attach_child = None
@@ -35,8 +36,8 @@ class Session:
             child_env["_OCI_ATTACHPIPE"] = str(attach_child.fileno())
         self.conmon_pidfile = conmon_pidfile
         self.p0 = subprocess.Popen([*wrapper, *PYMON, *argv], env=child_env, pass_fds=fds, cwd=cwd,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, process_group=0)
+                                   stdin=subprocess.DEVNULL, stdout=stdout,  # type: ignore[arg-type]
+                                   stderr=stderr, process_group=0)  # type: ignore[arg-type]
         for s in (sync_child, start_child, attach_child):
             if s is not None:
                 s.close()

@@ -216,16 +216,20 @@ def test_bad_input_leaves_no_process(tmp_path: Path) -> None:
 
 # --- run by hand: no engine, no sync pipe ---
 
-def test_by_hand_failure_is_printed_and_exit_1(tmp_path: Path) -> None:
+def test_by_hand_p0_exits_0_even_if_create_fails(tmp_path: Path) -> None:
+    """Like conmon: the first process exits 0 right after the fork; with no sync pipe a
+    later failure has nobody to tell (conmon's own tests rely on the exit status)."""
     rt = fake_runtime(tmp_path, "fail")
+    cmd, probe = exit_probe(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("_OCI_")}
     res = subprocess.run([*PYMON, "-c", "c", "-u", "c", "-r", str(rt), "-b", str(tmp_path),
-                          "--full-attach", "-l", "none", "-P", str(tmp_path / "conmon.pid")],
+                          "--full-attach", "-l", "none", "-P", str(tmp_path / "conmon.pid"),
+                          "--exit-dir", str(tmp_path), "--exit-command", cmd[0],
+                          "--exit-command-arg", cmd[1], "--exit-command-arg", cmd[2]],
                          capture_output=True, text=True, timeout=30, env=env)
-    assert res.returncode == 1
-    assert res.stderr == ("[conmon:e]: Failed to create container: "
-                          "fake create failed: no such file or directory\n")
+    assert res.returncode == 0 and res.stderr == ""
     wait_pid_gone(int((tmp_path / "conmon.pid").read_text()), 10)
+    assert probe.read_text() == "ran\n" and not (tmp_path / "c").exists()
 
 
 def test_monitor_setup_failure_reaches_engine(launcher: Launcher, tmp_path: Path) -> None:

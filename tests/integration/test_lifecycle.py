@@ -143,22 +143,3 @@ def test_runtime_sees_only_its_fds(bundles: Bundles, launcher: Launcher, tmp_pat
     runc_start(paths.cid)
     session.wait_monitor()
     assert paths.exit_file.read_bytes() == b"0"
-
-
-def test_by_hand_returns_once_the_container_exists(bundles: Bundles, launcher: Launcher) -> None:
-    """Without an engine's sync pipe, `pymon ...` returns when the container is created, so
-    a script can run `runc start` next (and would otherwise race the monitor)."""
-    bundle = bundles.make(["sh", "-c", "echo by-hand; exit 4"])
-    cid = launcher.new_cid()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("_OCI_")}
-    (bundle / "exits").mkdir()
-    res = subprocess.run([sys.executable, "-m", "pymon", "-c", cid, "-u", cid, "-r", RUNC, "--full-attach",
-                          "-b", str(bundle), "-p", str(bundle / "pidfile"),
-                          "--exit-dir", str(bundle / "exits"), "-l", f"k8s-file:{bundle}/log",
-                          "-P", str(bundle / "conmon.pid")], env=env, timeout=30)
-    assert res.returncode == 0
-    runc_start(cid)  # no wait: the container must already exist
-    from tests.fakes.engine import wait_pid_gone
-    wait_pid_gone(int((bundle / "conmon.pid").read_text()), 20)
-    assert (bundle / "exits" / cid).read_text() == "4"
-    assert parse_log((bundle / "log").read_bytes()) == [(b"stdout", b"F", b"by-hand")]

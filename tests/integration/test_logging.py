@@ -15,7 +15,7 @@ import pytest
 from pymon import _native
 from tests.conftest import RUNC, Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import PYMON, wait_for, wait_pid_gone
+from tests.fakes.engine import PYMON, wait_for
 from tests.fakes.journal import PrivateJournal, available
 from tests.integration.test_lifecycle import parse_log, runc_start
 
@@ -103,21 +103,14 @@ def test_passthrough_gives_the_runtime_our_stdio(bundles: Bundles, launcher: Lau
                                                  tmp_path: Path) -> None:
     bundle = bundles.make(["sh", "-c", "echo straight-through; echo err-through >&2"])
     out, err = tmp_path / "out", tmp_path / "err"
-    cid = launcher.new_cid()
-    (bundle / "exits").mkdir()
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(
-            [*PYMON, "--api-version", "1",
-             "-c", cid, "-u", cid, "-r", RUNC, "-b", str(bundle), "-p", str(bundle / "pidfile"),
-             "--exit-dir", str(bundle / "exits"), "-l", "passthrough", "--full-attach",
-             "-P", str(bundle / "conmon.pid")], stdout=o, stderr=e)
-        assert proc.wait(30) == 0
+        session, paths = created(launcher, bundle, log="passthrough", stdout=o, stderr=e)
     assert not (bundle / "attach").exists() and not (bundle / "ctl").exists()
-    runc_start(cid)
-    wait_pid_gone(int((bundle / "conmon.pid").read_text()), 20)
+    runc_start(paths.cid)
+    session.wait_monitor()
     assert out.read_bytes() == b"straight-through\n"
     assert err.read_bytes() == b"err-through\n"
-    assert (bundle / "exits" / cid).read_text() == "0"
+    assert paths.exit_file.read_text() == "0"
 
 
 def test_reopen_via_ctl_after_rename(bundles: Bundles, launcher: Launcher) -> None:
