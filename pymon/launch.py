@@ -36,7 +36,7 @@ class Launched(Frozen):
 
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
-                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control")
+                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -52,6 +52,7 @@ class Launched(Frozen):
     attach: sockets.AttachListener | None
     tty_master: int | None  # terminal mode: the pty master, also `stdin_fd`
     control: Control  # what ctl/winsz lines do, and their pending partial lines
+    notify_fd: int | None  # the container side of the sd-notify proxy
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -267,6 +268,12 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     devnull = None
     if not passthrough and (stdin_r is None or stdout_w is None):
         devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    notify_fd = None
+    if opts.sdnotify_socket and config.bundle is not None:
+        try:
+            notify_fd = sockets.create_notify_socket(config.bundle)
+        except OSError as e:
+            raise SetupError("Failed to create notify socket", e) from None
     console = attach = None
     if opts.terminal and not passthrough:
         try:
@@ -349,7 +356,8 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
         inherited_fds=engine_fds, oom_score_adj=oom,
-        ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control)
+        ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
+        notify_fd=notify_fd)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 
     code = monitor.run(launched)

@@ -13,7 +13,9 @@ The exit command runs after `run` returns (launch.py), outside trio.
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import traceback
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +29,8 @@ from pymon.exitfile import exit_status, write_exit_files
 from pymon.launch import Launched
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
+from pymon.notify import relay_notify
+from pymon.oom import OomWatcher
 from pymon.reaper import Reaper, forward_signals
 from pymon.stdio import Relay, pump
 
@@ -56,6 +60,9 @@ class Monitor:
                        if fd is not None]
         self.control = launched.control
         self.control.reopen = self.sinks.reopen
+        # OOM monitoring starts right after the pid message, as conmon's does
+        self.oom = OomWatcher.for_pid(launched.container_pid, self.config.bundle, opts.persist_dir)
+        self.timed_out = False
 
     def _make_sinks(self) -> list[LogSink]:
         sinks: list[LogSink] = []
@@ -97,19 +104,33 @@ class Monitor:
                 if self.l.winsz_fds is not None:
                     nursery.start_soon(serve_fifo, self.l.winsz_fds[0], self.control.winsz_lines,
                                        self.control.on_winsz)
-                await self.reaper.exited.wait()
-                with trio.move_on_after(DRAIN_DEADLINE):
-                    for relay in self.relays:
-                        await relay.eof.wait()
+                nursery.start_soon(self.oom.run)
+                if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
+                    nursery.start_soon(relay_notify, self.l.notify_fd,
+                                       self.config.opts.sdnotify_socket)
+                timeout = self.config.opts.timeout
+                with trio.move_on_after(timeout if timeout > 0 else math.inf) as timer:
+                    await self.reaper.exited.wait()
+                if timer.cancelled_caught:
+                    self.timed_out = True
+                    kill_container(self.l.container_pid)
+                else:
+                    with trio.move_on_after(DRAIN_DEADLINE):
+                        for relay in self.relays:
+                            await relay.eof.wait()
                 nursery.cancel_scope.cancel()
-            for relay in self.relays:
-                relay.drain()  # every byte still in the pipes reaches the log and the clients
+            if not self.timed_out:
+                for relay in self.relays:
+                    relay.drain()  # every byte still in the pipes reaches log and clients
+                if self.attach is not None:
+                    await self.attach.flush(ATTACH_FLUSH_DEADLINE)
             if self.attach is not None:
-                await self.attach.flush(ATTACH_FLUSH_DEADLINE)
                 self.attach.close()
             clients.cancel_scope.cancel()
         if self.stdin is not None:
             self.stdin.close()
+        if self.timed_out:
+            return -1
         assert self.reaper.wait_status is not None
         return exit_status(self.reaper.wait_status)
 
@@ -117,8 +138,11 @@ class Monitor:
         """Everything after the container's exit, in the contract's order (§8.3). Runs
         after trio.run has returned, so closing the engine's fds cannot hit trio's own."""
         for relay in self.relays:
-            relay.drain()  # normally a no-op: run() drained (this covers a failed run)
+            if not self.timed_out:
+                relay.drain()  # normally a no-op: run() drained (this covers a failed run)
             relay.close()
+        self.oom.check()  # an OOM notification still pending: its files precede the exit file
+        self.oom.close()
         self.sinks.finish(sync=not self.config.opts.no_sync_log)
         self.sinks.close()
         for fd in self.l.inherited_fds:  # lets the engine rebind reserved ports at once
@@ -134,7 +158,8 @@ class Monitor:
             status = 1
         if self.config.is_exec:
             key = sync.message_key(self.config.api_version, True)
-            sync.send(self.l.sync_fd, sync.encode(key, status))
+            sync.send(self.l.sync_fd, sync.encode(
+                key, status, "command timed out" if self.timed_out else None))
         if self.l.attach is not None:  # removed after the exit file, as conmon does
             for path in (self.l.attach.path, self.l.attach.symlink):
                 if path:
@@ -143,6 +168,19 @@ class Monitor:
                     except OSError:
                         pass
         return status
+
+
+def kill_container(pid: int) -> None:
+    """-T expired: SIGKILL the container's process group (runc gives it its own), or the
+    pid alone if it shares ours. The killed process is not waited for (conmon's too)."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid > 1 and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 async def serve_fifo(fd: int, lines: LineSplitter, handle: Callable[[bytes], None]) -> None:

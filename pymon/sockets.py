@@ -130,3 +130,26 @@ class ConsoleSocket:
         except FileNotFoundError:
             pass
         self.sock.close()
+
+
+def create_notify_socket(bundle: str) -> int:
+    """The container side of the sd-notify proxy: `<bundle>/notify/notify.sock`, a
+    datagram socket anyone may write (0777). The engine made `notify/` and mounts it into
+    the container. Bound through /proc/self/fd like the attach socket (long paths)."""
+    dirfd = os.open(os.path.join(bundle, "notify"), os.O_PATH | os.O_CLOEXEC)
+    try:
+        try:
+            os.unlink("notify.sock", dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
+        sock = _socket.socket(_socket.AF_UNIX,
+                              _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(f"/proc/self/fd/{dirfd}/notify.sock")
+            os.chmod(f"/proc/self/fd/{dirfd}/notify.sock", 0o777)
+        except BaseException:
+            sock.close()
+            raise
+    finally:
+        os.close(dirfd)
+    return sock.detach()
