@@ -27,6 +27,12 @@ from pymon.errors import CliError, PymonError, SetupError
 from pymon.exitfile import exit_status, run_exit_command, write_atomic
 from pymon.logs import open_k8s_file
 
+TYPE_CHECKING = False  # annotations only (PEP 563): these are not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pymon.oom import OomWatcher
+
 STDIO_PIPE_SIZE = 1 << 20  # fewer, larger reads than the 64 KiB default (see bench/)
 RUNTIME_STDERR_MAX = 8191  # what conmon reads of a failed runtime's stderr
 
@@ -36,7 +42,8 @@ class Launched(Frozen):
 
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
-                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd")
+                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd",
+                 "oom")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -53,6 +60,7 @@ class Launched(Frozen):
     tty_master: int | None  # terminal mode: the pty master, also `stdin_fd`
     control: Control  # what ctl/winsz lines do, and their pending partial lines
     notify_fd: int | None  # the container side of the sd-notify proxy
+    oom: OomWatcher
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -314,9 +322,11 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     if passthrough:
         null_stdio()
 
+    control = Control(None, lambda: None)  # the monitor supplies the log reopen
     master = None
     if console is not None:
-        status, master = runtime_wait_console(rpid, console)
+        status, master = runtime_wait_console(
+            rpid, console, lambda fd: take_console(fd, control, ctl, winsz))
     else:
         status = runtime_wait(rpid)
     try:
@@ -331,19 +341,7 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
             _unlink(attach.symlink)
         finish_without_container(config, oom)
         return 1
-    control = Control(None, lambda: None)  # the monitor supplies the log reopen
     if master is not None:
-        from pymon import terminal
-
-        terminal.set_onlcr(master)
-        control.resize = lambda h, w: terminal.resize(master, h, w)
-        # Sizes written before the pty arrived apply now, before the container can start
-        # (conmon's winsz watch does the same once it has the master).
-        for fds, lines, handle in ((ctl, control.ctl_lines, control.on_ctl),
-                                   (winsz, control.winsz_lines, control.on_winsz)):
-            if fds is not None:
-                for line in read_pending(fds[0], lines):
-                    handle(line)
         stdout_r = os.dup(master)  # output is read from a dup, input written to the master
         os.set_inheritable(stdout_r, False)
         stdin_w = master
@@ -351,13 +349,18 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     if not config.legacy_exec:
         sync_fd = sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec),
                                                  result))
+    # Now, not once trio is up: the engine may start the container at once, and an OOM
+    # kill during trio's import would otherwise go unnoticed.
+    from pymon.oom import OomWatcher
+
+    oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir)
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
         inherited_fds=engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
-        notify_fd=notify_fd)
+        notify_fd=notify_fd, oom=oom_watch)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 
     code = monitor.run(launched)
@@ -401,7 +404,25 @@ def make_fifo(path: str) -> tuple[int, int]:
     return r, w
 
 
-def runtime_wait_console(rpid: int, console: sockets.ConsoleSocket) -> tuple[int, int | None]:
+def take_console(master: int, control: Control, ctl: tuple[int, int] | None,
+                 winsz: tuple[int, int] | None) -> None:
+    """The pty master has just arrived: ONLCR, then the sizes written to ctl/winsz before
+    it came. An exec'd process starts right after the runtime sends the master, so this
+    runs at once, while the runtime is still finishing (conmon's winsz watch does the
+    same), not after it exits."""
+    from pymon import terminal
+
+    terminal.set_onlcr(master)
+    control.resize = lambda h, w: terminal.resize(master, h, w)
+    for fds, lines, handle in ((ctl, control.ctl_lines, control.on_ctl),
+                               (winsz, control.winsz_lines, control.on_winsz)):
+        if fds is not None:
+            for line in read_pending(fds[0], lines):
+                handle(line)
+
+
+def runtime_wait_console(rpid: int, console: sockets.ConsoleSocket,
+                         on_master: Callable[[int], None]) -> tuple[int, int | None]:
     """Wait for R while accepting its console connection (terminal mode, §11): the runtime
     sends the pty master before it exits, so both are watched at once. Returns R's wait
     status and the master fd, or None if none arrived."""
@@ -424,8 +445,11 @@ def runtime_wait_console(rpid: int, console: sockets.ConsoleSocket) -> tuple[int
                         master = console.receive_master()
                     except OSError as e:
                         log.error("Failed to receive console file descriptor: %s", e)
+                    else:
+                        on_master(master)
         if master is None and select.select([console.fileno()], [], [], 0)[0]:
             master = console.receive_master()  # connected just before exiting
+            on_master(master)
     finally:
         os.close(pidfd)
         console.remove()

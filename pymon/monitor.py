@@ -30,7 +30,6 @@ from pymon.launch import Launched
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
 from pymon.notify import relay_notify
-from pymon.oom import OomWatcher
 from pymon.reaper import Reaper, forward_signals
 from pymon.stdio import Relay, pump
 
@@ -60,8 +59,7 @@ class Monitor:
                        if fd is not None]
         self.control = launched.control
         self.control.reopen = self.sinks.reopen
-        # OOM monitoring starts right after the pid message, as conmon's does
-        self.oom = OomWatcher.for_pid(launched.container_pid, self.config.bundle, opts.persist_dir)
+        self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
 
     def _make_sinks(self) -> list[LogSink]:

@@ -3,15 +3,17 @@ watched with inotify. On an OOM kill, empty `oom` files appear in the bundle and
 persist dir; a final non-blocking check runs before the exit files are written.
 
 Unlike conmon, the v2 watcher keeps watching after a change that is not an OOM (conmon
-drops its watch then, and only its final check remains).
+drops its watch then, and only its final check remains), and the v1 final check also
+compares memory.oom_control's oom_kill counter, which no missed notification can hide.
+
+Set up on the launch path right after the pid message (before trio is imported: the
+container may be started, and killed, during that import), so no trio at module level.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-
-import trio
 
 from pymon import _native
 from pymon.diag import log
@@ -69,6 +71,8 @@ class OomWatcher:
         self.v2_events: str | None = None
         self.v1_event_control: str | None = None
         self.seen = {"oom": 0, "oom_kill": 0}
+        self.v1_oom_control: str | None = None
+        self.v1_kills = 0
 
     @classmethod
     def for_pid(cls, pid: int, bundle: str | None, persist_dir: str | None,
@@ -118,6 +122,18 @@ class OomWatcher:
                     os.close(fd)
         if efd is not None:
             self.fd, self.v1_event_control = efd, control
+            self.v1_oom_control = os.path.join(cgroup_dir, "memory.oom_control")
+            self.v1_kills = self._v1_kill_count()
+
+    def _v1_kill_count(self) -> int:
+        """memory.oom_control's `oom_kill N` (kernels >= 4.13), else 0."""
+        if self.v1_oom_control is None:
+            return 0
+        try:
+            with open(self.v1_oom_control) as f:
+                return parse_memory_events(f.read()).get("oom_kill", 0)
+        except OSError:
+            return 0
 
     def check(self) -> None:
         """Non-blocking: take any pending notification (also the final check at exit)."""
@@ -134,6 +150,10 @@ class OomWatcher:
 
     def check_v1(self) -> None:
         assert self.fd is not None
+        kills = self._v1_kill_count()
+        if kills > self.v1_kills:
+            self.v1_kills = kills
+            self.oom()
         try:
             count = int.from_bytes(os.read(self.fd, 8), "little")
         except BlockingIOError:
@@ -169,6 +189,8 @@ class OomWatcher:
         write_oom_files(self.bundle, self.persist_dir)
 
     async def run(self) -> None:
+        import trio
+
         while self.fd is not None:
             await trio.lowlevel.wait_readable(self.fd)
             self.check()
@@ -177,6 +199,8 @@ class OomWatcher:
         if self.fd is not None:
             fd, self.fd = self.fd, None
             try:
+                import trio
+
                 trio.lowlevel.notify_closing(fd)
             except RuntimeError:
                 pass  # outside trio (final check after trio.run)
