@@ -49,19 +49,34 @@ def script(python: str, roots: list[str]) -> str:
             "sys.exit(main())\n")
 
 
-def write(dest: str, python: str | None = None) -> None:
+def write(dest: str, python: str | None = None, roots: list[str] | None = None,
+          compile_: bool = True) -> None:
     tmp = dest + ".tmp"
     with open(tmp, "w") as f:
-        f.write(script(python or sys.executable, import_roots()))
+        f.write(script(python or sys.executable, import_roots() if roots is None else roots))
     os.chmod(tmp, 0o755)
     os.rename(tmp, dest)
-    # compile now: with -I a later run may not be allowed to write __pycache__
-    import compileall
+    if compile_:
+        # compile now: with -I a later run may not be allowed to write __pycache__
+        import compileall
 
-    compileall.compile_dir(os.path.dirname(os.path.abspath(__file__)), quiet=1)
+        compileall.compile_dir(os.path.dirname(os.path.abspath(__file__)), quiet=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pymon.entrypoint",
+                                 description="Write pymon's isolated entry point script.")
+    ap.add_argument("dest", help="where to write it, e.g. /usr/libexec/podman/pymon")
+    ap.add_argument("--python", help="interpreter for the #! line (default: this one)")
+    ap.add_argument("--path", action="append", default=None,
+                    help="import directory to put in the script instead of the ones found "
+                         "here (repeatable; packagers: the target's site directory)")
+    ap.add_argument("--no-compile", action="store_true", help="do not byte-compile pymon")
+    args = ap.parse_args(argv)
+    write(args.dest, args.python, args.path, compile_=not args.no_compile)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m pymon.entrypoint DEST")
-    write(sys.argv[1])
+    main()
