@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -42,7 +43,7 @@ class Run:
     """One monitor launch: timings, and the monitor's pid for later measurements."""
 
     def __init__(self, monitor: str, bundle: Path, cid: str, extra: list[str] = (),  # type: ignore[assignment]
-                 runtime: str = RUNC) -> None:
+                 runtime: str = RUNC, exec_args: list[str] | None = None) -> None:
         self.cid, self.bundle = cid, bundle
         (bundle / "exits").mkdir(exist_ok=True)
         self.log = bundle / "ctr.log"
@@ -51,6 +52,13 @@ class Run:
                 "--exit-dir", str(bundle / "exits"), "--full-attach",
                 "-l", f"k8s-file:{self.log}", "--log-level", "warning",
                 "--conmon-pidfile", str(bundle / "conmon.pid"), *extra]
+        if exec_args is not None:  # an exec session into container `cid` (podman -d style)
+            spec = bundle / "exec-process"
+            spec.write_text(json.dumps({"args": exec_args, "cwd": "/", "env": ["PATH=/bin"],
+                                        "user": {"uid": 0, "gid": 0}}))
+            argv = [a for a in argv if a != f"k8s-file:{self.log}"]
+            argv[argv.index("-l") + 1:argv.index("-l") + 1] = ["none"]
+            argv += ["-e", "--exec-process-spec", str(spec)]
         sync, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         start, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ, _OCI_SYNCPIPE=str(sync_child.fileno()),
