@@ -4,8 +4,9 @@ conmon writes to each client with a blocking write, so one client that stops rea
 stalls the container, the log and every other client. Here each client has its own queue
 and writer task. Output is never reordered or partly dropped for a client we keep:
 
-* a client whose queue passes HIGH_WATER makes the relay wait (the container is slowed to
-  the pace of its slowest *reading* client, as with conmon, and nothing is lost);
+* a client whose queue passes HIGH_WATER makes the relay wait until it is back to
+  LOW_WATER (the container is slowed to the pace of its slowest *reading* client, as
+  with conmon, and nothing is lost);
 * a client that is over HIGH_WATER and has taken nothing for STALL_TIMEOUT seconds is
   disconnected, and everyone else goes on.
 """
@@ -24,6 +25,7 @@ from pymon.diag import log
 PACKET_DATA_MAX = 8192  # podman reads 8193-byte packets: type byte + 8192
 INPUT_READ_MAX = 32768  # podman sends at most 32 KiB per packet
 HIGH_WATER = 1 << 20
+LOW_WATER = HIGH_WATER // 2
 STALL_TIMEOUT = 2.0
 STREAM_TYPES = {b"stdout": 2, b"stderr": 3}
 
@@ -67,8 +69,10 @@ class Client:
         self.sock = sock
         self.queue: deque[bytes] = deque()
         self.queued = 0
-        self.wake = trio.Event()
-        self.progress = trio.Event()
+        self.wake = trio.Event()  # the writer has something to send
+        self.room = trio.Event()  # the queue fell to LOW_WATER (the relay may go on)
+        self.emptied = trio.Event()  # the queue is empty (the final flush is done)
+        self.last_progress = trio.current_time()
         self.cancel = trio.CancelScope()
         self.closed = False
 
@@ -80,6 +84,7 @@ class Client:
     async def send_queued(self) -> None:
         while not self.closed:
             if not self.queue:
+                self.emptied.set()
                 self.wake = trio.Event()
                 await self.wake.wait()
                 continue
@@ -98,8 +103,9 @@ class Client:
                 return
             self.queue.popleft()
             self.queued -= len(packet)
-            self.progress.set()
-            self.progress = trio.Event()
+            self.last_progress = trio.current_time()
+            if self.queued <= LOW_WATER:
+                self.room.set()  # one wake-up for the relay, not one per packet
 
     async def receive_input(self, stdin: Stdin | None, close_stdin_on_eof: bool) -> None:
         while not self.closed:
@@ -128,8 +134,8 @@ class Client:
         if not self.closed:
             self.closed = True
             self.cancel.cancel()
-            self.wake.set()
-            self.progress.set()
+            for event in (self.wake, self.room, self.emptied):
+                event.set()
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
@@ -210,12 +216,15 @@ class AttachServer:
         return any(c.queued > HIGH_WATER for c in self.clients)
 
     async def wait_for_room(self) -> None:
-        """Wait while a client is over HIGH_WATER; drop the ones that stopped reading."""
+        """Wait while a client is over HIGH_WATER (until it is back to LOW_WATER); drop a
+        client that has taken nothing for STALL_TIMEOUT."""
         for client in list(self.clients):
             while client.queued > HIGH_WATER and not client.closed:
-                with trio.move_on_after(STALL_TIMEOUT) as timer:
-                    await client.progress.wait()
-                if timer.cancelled_caught:
+                client.room = trio.Event()
+                with trio.move_on_after(STALL_TIMEOUT):
+                    await client.room.wait()
+                stalled = trio.current_time() - client.last_progress >= STALL_TIMEOUT
+                if client.queued > HIGH_WATER and stalled:
                     log.warning("attach client stopped reading with %d bytes queued: "
                                 "disconnected", client.queued)
                     self._forget(client)
@@ -224,8 +233,9 @@ class AttachServer:
         """Give clients up to `timeout` seconds to take what is queued for them."""
         with trio.move_on_after(timeout):
             for client in list(self.clients):
-                while client.queue and not client.closed:
-                    await client.progress.wait()
+                if client.queue and not client.closed:
+                    client.emptied = trio.Event()
+                    await client.emptied.wait()
 
     def close(self) -> None:
         """Every client sees EOF; the listener stops accepting (§8.3 step 7)."""
