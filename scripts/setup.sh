@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(runc busybox-static python3 python3-venv python3-dev gcc tzdata conmon systemd util-linux)
+PACKAGES=(runc busybox-static python3 python3-venv python3-dev gcc tzdata conmon systemd util-linux
+          podman)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
