@@ -43,7 +43,7 @@ class Launched(Frozen):
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
                  "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd",
-                 "oom")
+                 "oom", "pid_sent_at")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -61,6 +61,7 @@ class Launched(Frozen):
     control: Control  # what ctl/winsz lines do, and their pending partial lines
     notify_fd: int | None  # the container side of the sd-notify proxy
     oom: OomWatcher
+    pid_sent_at: float  # time.monotonic() when the pid message went out
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -354,13 +355,16 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     from pymon.oom import OomWatcher
 
     oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir)
+    import time
+
+    pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
         inherited_fds=engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
-        notify_fd=notify_fd, oom=oom_watch)
+        notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 
     code = monitor.run(launched)

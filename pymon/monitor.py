@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 
@@ -107,7 +108,11 @@ class Monitor:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)
                 timeout = self.config.opts.timeout
-                with trio.move_on_after(timeout if timeout > 0 else math.inf) as timer:
+                if timeout > 0:  # armed when the pid was sent (§8.6), before trio's import
+                    timeout = max(0.0, timeout - (time.monotonic() - self.l.pid_sent_at))
+                else:
+                    timeout = math.inf
+                with trio.move_on_after(timeout) as timer:
                     await self.reaper.exited.wait()
                 if timer.cancelled_caught:
                     self.timed_out = True
