@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ CASES = {
 def exit_probe(directory: Path) -> Path:
     probe = directory / "probe.sh"
     probe.write_text('#!/bin/sh\nd=$(date +%s%N)\nset -- $(cut -d")" -f2 /proc/$PPID/stat)\n'
-                     f'echo "$d ${{12}} ${{13}}" > "$1"\n'.replace('"$1"', '"$PROBE_OUT"'))
+                     'echo "$d ${12} ${13}" > "$1"\n'.replace('"$1"', '"$PROBE_OUT"'))
     probe.chmod(0o755)
     return probe
 

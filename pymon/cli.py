@@ -116,7 +116,7 @@ LOG_LEVELS = ("error", "fatal", "panic", "warn", "warning", "info", "debug", "tr
 class Frozen:
     """Base for slotted value types: attributes are set once in __init__ and never again."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")

@@ -35,10 +35,9 @@ def parse_ctl(line: bytes) -> tuple[int, int, int] | None:
     fields = line.split()
     if len(fields) < 3:
         return None
-    values = [_decimal(f) for f in fields[:3]]
-    if any(v is None for v in values):
+    kind, h, w = (_decimal(f) for f in fields[:3])
+    if kind is None or h is None or w is None:
         return None
-    kind, h, w = values  # type: ignore[misc]
     if not (0 <= h <= MAX_SIZE and 0 <= w <= MAX_SIZE):
         return None
     return kind, h, w
@@ -59,7 +58,7 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         self.buf += data
-        lines = []
+        lines: list[bytes] = []
         while True:
             nl = self.buf.find(b"\n")
             if nl < 0:

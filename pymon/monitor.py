@@ -107,11 +107,10 @@ class Monitor:
                 if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)
-                timeout = self.config.opts.timeout
-                if timeout > 0:  # armed when the pid was sent (§8.6), before trio's import
+                t = self.config.opts.timeout
+                timeout = float(t) if t > 0 else math.inf  # -T 0 or negative: none
+                if timeout < math.inf:  # armed when the pid was sent (§8.6), not now
                     timeout = max(0.0, timeout - (time.monotonic() - self.l.pid_sent_at))
-                else:
-                    timeout = math.inf
                 with trio.move_on_after(timeout) as timer:
                     await self.reaper.exited.wait()
                 if timer.cancelled_caught:

@@ -50,25 +50,33 @@ def create_attach_listener(bundle: str, full_attach: bool, socket_dir: str,
         os.symlink(bundle, base)
         symlink = base
     path = os.path.join(bundle, "attach")
-    dirfd = os.open(bundle, os.O_PATH | os.O_CLOEXEC)
+    fd = bind_in_dir(bundle, "attach", _socket.SOCK_SEQPACKET, 0o700, ATTACH_BACKLOG)
+    return AttachListener(fd, path, symlink)
+
+
+def bind_in_dir(directory: str, name: str, kind: int, mode: int, backlog: int | None) -> int:
+    """A non-blocking AF_UNIX socket bound at `directory/name` (a stale file there is
+    replaced), through /proc/self/fd/<dirfd> so that directories deeper than sun_path
+    allows work. Returns the fd (CLOEXEC)."""
+    dirfd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
     try:
         try:
-            os.unlink("attach", dir_fd=dirfd)
+            os.unlink(name, dir_fd=dirfd)
         except FileNotFoundError:
             pass
-        sock = _socket.socket(_socket.AF_UNIX,
-                              _socket.SOCK_SEQPACKET | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
         try:
-            os.fchmod(sock.fileno(), 0o700)
-            sock.bind(f"/proc/self/fd/{dirfd}/attach")
-            os.chmod(path, 0o700)
-            sock.listen(ATTACH_BACKLOG)
+            os.fchmod(sock.fileno(), mode)
+            sock.bind(f"/proc/self/fd/{dirfd}/{name}")
+            os.chmod(f"/proc/self/fd/{dirfd}/{name}", mode)
+            if backlog is not None:
+                sock.listen(backlog)
         except BaseException:
             sock.close()
             raise
     finally:
         os.close(dirfd)
-    return AttachListener(sock.detach(), path, symlink)
+    return sock.detach()
 
 
 class ConsoleSocket:
@@ -106,7 +114,7 @@ class ConsoleSocket:
     def receive_master(self) -> int:
         """Accept the runtime's one connection and take the fd it sends (SCM_RIGHTS)."""
         self.sock.setblocking(True)
-        conn_fd, _ = self.sock._accept()
+        conn_fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # _socket's accept
         conn = _socket.socket(fileno=conn_fd)
         try:
             self.remove()
@@ -136,20 +144,5 @@ def create_notify_socket(bundle: str) -> int:
     """The container side of the sd-notify proxy: `<bundle>/notify/notify.sock`, a
     datagram socket anyone may write (0777). The engine made `notify/` and mounts it into
     the container. Bound through /proc/self/fd like the attach socket (long paths)."""
-    dirfd = os.open(os.path.join(bundle, "notify"), os.O_PATH | os.O_CLOEXEC)
-    try:
-        try:
-            os.unlink("notify.sock", dir_fd=dirfd)
-        except FileNotFoundError:
-            pass
-        sock = _socket.socket(_socket.AF_UNIX,
-                              _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(f"/proc/self/fd/{dirfd}/notify.sock")
-            os.chmod(f"/proc/self/fd/{dirfd}/notify.sock", 0o777)
-        except BaseException:
-            sock.close()
-            raise
-    finally:
-        os.close(dirfd)
-    return sock.detach()
+    return bind_in_dir(os.path.join(bundle, "notify"), "notify.sock", _socket.SOCK_DGRAM, 0o777,
+                       None)

@@ -3,6 +3,7 @@ guarantees no container or monitor outlives its test."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -89,6 +90,14 @@ class Launcher:
         argv += extra
         kwargs.setdefault("conmon_pidfile", str(paths.conmon_pidfile))
         return self.launch(argv, **kwargs), paths
+
+    def create_ok(self, bundle: Path, *extra: str, **kwargs: object) -> tuple[Session, Paths]:
+        """`create`, then check the first process exited 0 and the engine got a pid."""
+        session, paths = self.create(bundle, *extra, **kwargs)  # type: ignore[arg-type]
+        assert session.wait_p0() == 0, session.p0_stderr
+        msg = json.loads(session.read_sync())
+        assert msg["data"] > 0, msg
+        return session, paths
 
     def cleanup(self) -> None:
         for s in self.sessions:

@@ -18,18 +18,10 @@ from tests.integration.test_lifecycle import parse_log, runc_start
 pytestmark = pytest.mark.timeout(90)
 
 
-def created(launcher: Launcher, bundle: Path, *extra: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    session, paths = launcher.create(bundle, *extra, **kwargs)
-    assert session.wait_p0() == 0, session.p0_stderr
-    msg = json.loads(session.read_sync())
-    assert msg["data"] > 0, msg
-    return session, paths
-
-
 def test_output_framing_both_streams(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "echo out; echo err >&2; head -c 20000 /dev/zero | tr '\\0' a; "
                                        "printf partial"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     sock = connect(bundle / "attach")  # before start: waits in the backlog, sees everything
     runc_start(paths.cid)
     got = read_until_eof(sock)
@@ -43,7 +35,7 @@ def test_output_framing_both_streams(bundles: Bundles, launcher: Launcher) -> No
 
 def test_stdin_echo_through_cat_and_half_close(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["cat"])
-    session, paths = created(launcher, bundle, "-i")
+    session, paths = launcher.create_ok(bundle, "-i")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     sock.send(b"hello\n")
@@ -59,7 +51,7 @@ def test_stdin_echo_through_cat_and_half_close(bundles: Bundles, launcher: Launc
 
 def test_leave_stdin_open(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["cat"])
-    session, paths = created(launcher, bundle, "-i", "--leave-stdin-open")
+    session, paths = launcher.create_ok(bundle, "-i", "--leave-stdin-open")
     first = connect(bundle / "attach")
     runc_start(paths.cid)
     first.send(b"one\n")
@@ -77,7 +69,7 @@ def test_leave_stdin_open(bundles: Bundles, launcher: Launcher) -> None:
 
 def test_no_stdin_input_is_ignored(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "read x || echo stdin-is-empty"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     sock = connect(bundle / "attach")
     sock.send(b"ignored\n")
     runc_start(paths.cid)
@@ -88,7 +80,7 @@ def test_no_stdin_input_is_ignored(bundles: Bundles, launcher: Launcher) -> None
 
 def test_tty_resize_on_ctl_and_crs_kept(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "while read x; do stty size; done"], tty=True)
-    session, paths = created(launcher, bundle, "-t")
+    session, paths = launcher.create_ok(bundle, "-t")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     with open(bundle / "ctl", "w") as ctl:
@@ -116,7 +108,7 @@ def test_tty_size_sent_before_the_pty_arrived(bundles: Bundles, launcher: Launch
     # the runtime has not handed over the pty yet when this ctl line is written
     wrapper.write_text(f"#!/bin/sh\necho '1 30 100' > {bundle}/ctl\nexec {RUNC} \"$@\"\n")
     wrapper.chmod(0o755)
-    session, paths = created(launcher, bundle, "-t", runtime=str(wrapper))
+    session, paths = launcher.create_ok(bundle, "-t", runtime=str(wrapper))
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     got = read_until_eof(sock)
@@ -126,7 +118,7 @@ def test_tty_size_sent_before_the_pty_arrived(bundles: Bundles, launcher: Launch
 
 def test_no_resize_without_ctl(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["stty", "size"], tty=True)
-    session, paths = created(launcher, bundle, "-t")
+    session, paths = launcher.create_ok(bundle, "-t")
     runc_start(paths.cid)
     session.wait_monitor()
     # no initial size (0x0), as under conmon; busybox's stty reports that as an error
@@ -135,7 +127,7 @@ def test_no_resize_without_ctl(bundles: Bundles, launcher: Launcher) -> None:
 
 def test_ctl_garbage_does_no_harm(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "read x; echo survived"])
-    session, paths = created(launcher, bundle, "-i")
+    session, paths = launcher.create_ok(bundle, "-i")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     with open(bundle / "ctl", "wb") as ctl:
@@ -155,7 +147,7 @@ def test_long_bundle_path(bundles: Bundles, launcher: Launcher, tmp_path: Path) 
     target = deep / "bundle"
     bundle.rename(target)
     assert len(str(target / "attach")) > 107
-    session, paths = created(launcher, target)
+    session, paths = launcher.create_ok(target)
     sock = connect(target / "attach")
     runc_start(paths.cid)
     assert bytes(read_until_eof(sock).data["stdout"]) == b"deep\n"
@@ -192,7 +184,7 @@ def test_stalled_client_is_dropped_and_nobody_else_suffers(bundles: Bundles,
                                                            launcher: Launcher) -> None:
     total = 100 * MIB
     bundle = bundles.make(["sh", "-c", f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {total}"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     stalled = connect(bundle / "attach")  # never reads
     reader = connect(bundle / "attach")
     result: dict[str, object] = {}
@@ -219,7 +211,7 @@ def test_clients_come_and_go_while_the_container_writes(bundles: Bundles,
                                                         launcher: Launcher) -> None:
     total = 20 * MIB
     bundle = bundles.make(["sh", "-c", f"yes line | head -c {total}"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     keeper = connect(bundle / "attach")
     result: dict[str, object] = {}
     thread = threading.Thread(target=lambda: result.update(got=read_until_eof(keeper, 60)))

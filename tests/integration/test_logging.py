@@ -3,7 +3,6 @@ none, passthrough, reopen via ctl, the final drain, and log-file faults."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -37,18 +36,10 @@ def message(entry: dict) -> bytes:
     return bytes(value) if isinstance(value, list) else value.encode()
 
 
-def created(launcher: Launcher, bundle: Path, *extra: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    session, paths = launcher.create(bundle, *extra, **kwargs)
-    assert session.wait_p0() == 0, session.p0_stderr
-    msg = json.loads(session.read_sync())
-    assert msg["data"] > 0, msg
-    return session, paths
-
-
 def test_journald_entries(bundles: Bundles, launcher: Launcher, journal: PrivateJournal) -> None:
     bundle = bundles.make(["sh", "-c", "echo out; echo err >&2; printf 'par'; sleep 0.1; "
                                        "printf 'tial\\n'; printf tail"])
-    session, paths = created(launcher, bundle, "--log-tag", "tagged", "-l", "journald",
+    session, paths = launcher.create_ok(bundle, "--log-tag", "tagged", "-l", "journald",
                              log=f"k8s-file:{bundle}/ctr.log", wrapper=journal.prefix)
     runc_start(paths.cid)
     session.wait_monitor()
@@ -71,7 +62,7 @@ def test_journald_entries(bundles: Bundles, launcher: Launcher, journal: Private
 def test_journald_labels_and_long_line(bundles: Bundles, launcher: Launcher,
                                        journal: PrivateJournal) -> None:
     bundle = bundles.make(["sh", "-c", "head -c 65535 /dev/zero | tr '\\0' x"])
-    session, paths = created(launcher, bundle, "--log-label", "APP=web",
+    session, paths = launcher.create_ok(bundle, "--log-label", "APP=web",
                              "--log-label", "TEAM_1=blue", log="journald", wrapper=journal.prefix)
     runc_start(paths.cid)
     session.wait_monitor()
@@ -91,7 +82,7 @@ def test_journald_short_cid_is_rejected(tmp_path: Path) -> None:
 
 def test_none_driver_still_serves_attach(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["echo", "to-attach-only"])
-    session, paths = created(launcher, bundle, log="none")
+    session, paths = launcher.create_ok(bundle, log="none")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     assert bytes(read_until_eof(sock).data["stdout"]) == b"to-attach-only\n"
@@ -104,7 +95,7 @@ def test_passthrough_gives_the_runtime_our_stdio(bundles: Bundles, launcher: Lau
     bundle = bundles.make(["sh", "-c", "echo straight-through; echo err-through >&2"])
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "wb") as o, open(err, "wb") as e:
-        session, paths = created(launcher, bundle, log="passthrough", stdout=o, stderr=e)
+        session, paths = launcher.create_ok(bundle, log="passthrough", stdout=o, stderr=e)
     assert not (bundle / "attach").exists() and not (bundle / "ctl").exists()
     runc_start(paths.cid)
     session.wait_monitor()
@@ -115,7 +106,7 @@ def test_passthrough_gives_the_runtime_our_stdio(bundles: Bundles, launcher: Lau
 
 def test_reopen_via_ctl_after_rename(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "read a; echo first; read b; echo second"])
-    session, paths = created(launcher, bundle, "-i")
+    session, paths = launcher.create_ok(bundle, "-i")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     sock.send(b"go\n")
@@ -134,7 +125,7 @@ def test_reopen_via_ctl_after_rename(bundles: Bundles, launcher: Launcher) -> No
 
 def test_rotation_with_max_files(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "for i in $(seq 1 40); do echo line-$i; done"])
-    session, paths = created(launcher, bundle, "--log-size-max", "300", "--log-rotate",
+    session, paths = launcher.create_ok(bundle, "--log-size-max", "300", "--log-rotate",
                              "--log-max-files", "2")
     runc_start(paths.cid)
     session.wait_monitor()
@@ -169,7 +160,7 @@ def watch_exit_file(exit_dir: Path, log: Path) -> tuple[threading.Thread, dict[s
 def test_every_byte_is_logged_before_the_exit_file(bundles: Bundles, launcher: Launcher) -> None:
     total = 64 * MIB
     bundle = bundles.make(["sh", "-c", f"head -c {total} /dev/zero | tr '\\0' 'z'"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     thread, seen = watch_exit_file(paths.exits, paths.log)
     runc_start(paths.cid)
     session.wait_monitor(60)
@@ -189,7 +180,7 @@ def test_log_directory_removed_while_running(bundles: Bundles, launcher: Launche
     logdir = tmp_path / "logs"
     logdir.mkdir()
     bundle = bundles.make(["sh", "-c", "read x; echo after-removal"])
-    session, paths = created(launcher, bundle, "-i", log=f"k8s-file:{logdir}/ctr.log")
+    session, paths = launcher.create_ok(bundle, "-i", log=f"k8s-file:{logdir}/ctr.log")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     subprocess.run(["rm", "-rf", str(logdir)], check=True)
@@ -215,7 +206,7 @@ def test_disk_full(bundles: Bundles, launcher: Launcher, tiny_tmpfs: Path) -> No
     the exit file is still written, attach clients still get everything."""
     total = 4 * MIB
     bundle = bundles.make(["sh", "-c", f"head -c {total} /dev/zero | tr '\\0' 'f'; echo done"])
-    session, paths = created(launcher, bundle, log=f"k8s-file:{tiny_tmpfs}/ctr.log")
+    session, paths = launcher.create_ok(bundle, log=f"k8s-file:{tiny_tmpfs}/ctr.log")
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     got = read_until_eof(sock)
@@ -231,7 +222,7 @@ def test_log_path_is_a_symlink_or_fifo(bundles: Bundles, launcher: Launcher,
     link = tmp_path / "link.log"
     link.symlink_to(target)
     bundle = bundles.make(["echo", "via-link"])
-    session, paths = created(launcher, bundle, log=f"k8s-file:{link}")
+    session, paths = launcher.create_ok(bundle, log=f"k8s-file:{link}")
     runc_start(paths.cid)
     session.wait_monitor()
     assert [r[2] for r in parse_log(target.read_bytes())] == [b"via-link"]

@@ -25,14 +25,6 @@ pytestmark = pytest.mark.timeout(90)
 MIB = 1 << 20
 
 
-def created(launcher: Launcher, bundle: Path, *extra: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    session, paths = launcher.create(bundle, *extra, **kwargs)
-    assert session.wait_p0() == 0, session.p0_stderr
-    msg = json.loads(session.read_sync())
-    assert msg["data"] > 0, msg
-    return session, paths
-
-
 # --- OOM ---
 
 def test_oom_kill_cgroup_v1(bundles: Bundles, launcher: Launcher, tmp_path: Path) -> None:
@@ -41,7 +33,7 @@ def test_oom_kill_cgroup_v1(bundles: Bundles, launcher: Launcher, tmp_path: Path
     bundle = bundles.make(["sh", "-c", "echo start; tail /dev/zero"], memory_limit=16 * MIB)
     persist = tmp_path / "persist"
     persist.mkdir()
-    session, paths = created(launcher, bundle, "--persist-dir", str(persist))
+    session, paths = launcher.create_ok(bundle, "--persist-dir", str(persist))
     runc_start(paths.cid)
     session.wait_monitor()
     assert paths.exit_file.read_text() == "137"
@@ -52,7 +44,7 @@ def test_oom_kill_cgroup_v1(bundles: Bundles, launcher: Launcher, tmp_path: Path
 
 def test_no_oom_file_without_oom(bundles: Bundles, launcher: Launcher, tmp_path: Path) -> None:
     bundle = bundles.make(["sh", "-c", "kill -9 $$ & sleep 5"], memory_limit=64 * MIB)
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     runc_start(paths.cid)
     subprocess.run([RUNC, "kill", paths.cid, "KILL"], check=True)
     session.wait_monitor()
@@ -135,7 +127,7 @@ def test_sigterm_before_the_runtime_is_forked_exits_1(tmp_path: Path) -> None:
 
 def test_sigint_to_monitor_reaches_container(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "trap 'exit 130' INT; echo up; while :; do sleep 0.05; done"])
-    session, paths = created(launcher, bundle)
+    session, paths = launcher.create_ok(bundle)
     runc_start(paths.cid)
     from tests.fakes.engine import wait_for
     wait_for(lambda: paths.log.exists() and b"up" in paths.log.read_bytes(), what="start")
@@ -158,7 +150,7 @@ def test_preserved_fds_reach_the_container(bundles: Bundles, launcher: Launcher,
     fdmap = [sys.executable, "-c",
              "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
              "os.execvp(sys.argv[3], sys.argv[3:])", str(w), str(fd4)]
-    session, paths = created(launcher, bundle, "--runtime-opt", "--preserve-fds",
+    session, paths = launcher.create_ok(bundle, "--runtime-opt", "--preserve-fds",
                              "--runtime-opt", "2", wrapper=fdmap, extra_fds=[w, fd4])
     os.close(w)
     os.close(fd4)
@@ -177,7 +169,7 @@ def test_engine_fds_are_closed_before_the_exit_file(bundles: Bundles, launcher: 
     appears, so the engine can rebind at once."""
     r, w = os.pipe()
     bundle = bundles.make(["true"])
-    session, paths = created(launcher, bundle, extra_fds=[w])
+    session, paths = launcher.create_ok(bundle, extra_fds=[w])
     os.close(w)
     inotify = _native.inotify_init()
     _native.inotify_add_watch(inotify, str(paths.exits), _native.IN_MOVED_TO)
@@ -207,7 +199,7 @@ def test_sdnotify_relays_only_allowed_lines(bundles: Bundles, launcher: Launcher
     host.bind(host_path)
     bundle = bundles.make(["sh", "-c", "read x"])
     (bundle / "notify").mkdir()
-    session, paths = created(launcher, bundle, "-i", f"--sdnotify-socket={host_path}")
+    session, paths = launcher.create_ok(bundle, "-i", f"--sdnotify-socket={host_path}")
     inside = bundle / "notify" / "notify.sock"
     assert inside.exists() and (inside.stat().st_mode & 0o777) == 0o777
     client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
