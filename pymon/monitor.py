@@ -34,9 +34,12 @@ from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
 from pymon.stdio import Relay, pump
 
-# After the container's pid exits, how long processes it left behind may keep its output
-# pipes open before we stop waiting for EOF. Whatever is in the pipes is read regardless.
+# After the container's pid exits, processes it left behind may hold its output pipes. We
+# keep relaying until EOF while they write, but stop waiting once the pipes have been
+# quiet for DRAIN_IDLE, and after DRAIN_DEADLINE in any case (podman waits 5 s for the
+# exit file). Whatever is in the pipes then is still read.
 DRAIN_DEADLINE = 2.0
+DRAIN_IDLE = 0.2
 # How long attach clients get, after the container's exit, to take the output queued for
 # them before they are closed (a client that is reading finishes in far less).
 ATTACH_FLUSH_DEADLINE = 2.0
@@ -117,9 +120,7 @@ class Monitor:
                     self.timed_out = True
                     kill_container(self.l.container_pid)
                 else:
-                    with trio.move_on_after(DRAIN_DEADLINE):
-                        for relay in self.relays:
-                            await relay.eof.wait()
+                    await self._wait_for_eof()
                 nursery.cancel_scope.cancel()
             if not self.timed_out:
                 for relay in self.relays:
@@ -135,6 +136,17 @@ class Monitor:
             return -1
         assert self.reaper.wait_status is not None
         return exit_status(self.reaper.wait_status)
+
+    async def _wait_for_eof(self) -> None:
+        deadline = trio.current_time() + DRAIN_DEADLINE
+        while trio.current_time() < deadline:
+            with trio.move_on_after(min(DRAIN_IDLE, deadline - trio.current_time())):
+                for relay in self.relays:
+                    await relay.eof.wait()
+                return
+            last = max((r.last_data for r in self.relays), default=0.0)
+            if trio.current_time() - last >= DRAIN_IDLE:
+                return  # held open, but quiet: do not keep the engine waiting
 
     def finish(self, status: int) -> int:
         """Everything after the container's exit, in the contract's order (§8.3). Runs

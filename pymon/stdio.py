@@ -32,6 +32,7 @@ class Relay:
         self.sinks = sinks
         self.fanout = fanout
         self.eof = trio.Event()
+        self.last_data = 0.0  # trio time of the last read that returned data
         os.set_blocking(fd, False)
 
     def read_available(self) -> int:
@@ -50,6 +51,7 @@ class Relay:
         if not chunk:
             self.eof.set()
             return 0
+        self.last_data = trio.current_time()
         self.sinks.write(chunk, self.stream)
         if self.fanout is not None:
             self.fanout(chunk, self.stream)

@@ -182,3 +182,22 @@ def test_create_timeout(bundles: Bundles, launcher: Launcher) -> None:
     session.wait_monitor()
     assert paths.exit_file.read_text() == "-1"
     assert session.read_sync() == b""  # no extra message for create
+
+
+def test_background_writer_is_drained_then_idle_holder_released(running, launcher: Launcher) -> None:  # type: ignore[no-untyped-def]
+    """The exec'd process exits but leaves children holding its stdout: what they write
+    while the pipe stays busy is relayed; a holder that stays quiet does not keep the
+    engine waiting for the exit file (the drain stops after DRAIN_IDLE)."""
+    import time
+
+    cid, bundle, _ = running
+    ex = Exec(launcher, cid, bundle,
+              ["sh", "-c", "(for i in 1 2 3 4 5; do sleep 0.05; echo bg-$i; done; sleep 30) & "
+                           "echo main"])
+    sock = ex.attach()
+    assert ex.pid_message()["data"] > 0
+    started = time.monotonic()
+    got = read_until_eof(sock)
+    assert bytes(got.data["stdout"]) == b"main\n" + b"".join(b"bg-%d\n" % i for i in range(1, 6))
+    assert ex.session.read_sync(timeout=10) == b'{"data": 0}\n'
+    assert time.monotonic() - started < 1.5  # well under DRAIN_DEADLINE (2 s) + margin
