@@ -122,3 +122,45 @@ class Control:
             log.warning("winsz: invalid message %r ignored", line[:64])
         elif self.resize is not None:
             self.resize(*parsed)
+
+
+class EarlyServer:
+    """Serves ctl/winsz from a thread between the pid message and the monitor's own tasks
+    (terminal mode). The engine resizes the pty right after it gets the pid and then starts
+    the container at once; trio's import takes ~100 ms, and a resize waiting that long
+    arrives after the container has looked at its size (conmon's loop is already up)."""
+
+    def __init__(self, control: Control, ctl: tuple[int, int] | None,
+                 winsz: tuple[int, int] | None) -> None:
+        import threading
+
+        self.control = control
+        self.fifos = [(fds[0], lines, handle) for fds, lines, handle in (
+            (ctl, control.ctl_lines, control.on_ctl),
+            (winsz, control.winsz_lines, control.on_winsz)) if fds is not None]
+        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
+        self.thread = threading.Thread(target=self._serve, name="pymon-early-ctl", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(self.stop_r, select.POLLIN)
+        for fd, _, _ in self.fifos:
+            poller.register(fd, select.POLLIN)
+        while True:
+            ready = [fd for fd, _ in poller.poll()]
+            for fd, lines, handle in self.fifos:
+                if fd in ready:
+                    for line in read_pending(fd, lines):
+                        handle(line)
+            if self.stop_r in ready:
+                return
+
+    def stop(self) -> None:
+        """Hand over to the monitor: after this returns the thread no longer reads."""
+        os.write(self.stop_w, b"x")
+        self.thread.join()
+        os.close(self.stop_r)
+        os.close(self.stop_w)

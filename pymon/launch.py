@@ -21,7 +21,7 @@ import sys
 from pymon import procattrs, runtime, sockets, sync
 from pymon.cli import Frozen, parse_args, version_text
 from pymon.config import Config, build_config, check_log_rules
-from pymon.ctl import Control, read_pending
+from pymon.ctl import Control, EarlyServer, read_pending
 from pymon.diag import log
 from pymon.errors import CliError, PymonError, SetupError
 from pymon.exitfile import exit_status, run_exit_command, write_atomic
@@ -43,7 +43,7 @@ class Launched(Frozen):
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
                  "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd",
-                 "oom", "pid_sent_at")
+                 "oom", "pid_sent_at", "early_ctl")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -62,6 +62,7 @@ class Launched(Frozen):
     notify_fd: int | None  # the container side of the sd-notify proxy
     oom: OomWatcher
     pid_sent_at: float  # time.monotonic() when the pid message went out
+    early_ctl: EarlyServer | None  # serves ctl until the monitor's tasks take over
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -358,13 +359,14 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
     import time
 
     pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
+    early_ctl = EarlyServer(control, ctl, winsz) if master is not None else None
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=log_fd, sync_fd=sync_fd,
         inherited_fds=engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
-        notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at)
+        notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at, early_ctl=early_ctl)
     from pymon import monitor  # imports trio: only now that the engine has the pid
 
     code = monitor.run(launched)

@@ -100,6 +100,8 @@ class Monitor:
                 await nursery.start(self.reaper.run)
                 nursery.start_soon(forward_signals, self.reaper)
                 nursery.start_soon(pump, self.relays, self._backpressure)
+                if self.l.early_ctl is not None:
+                    self.l.early_ctl.stop()  # from here on the tasks below serve the fifos
                 if self.l.ctl_fds is not None:
                     nursery.start_soon(serve_fifo, self.l.ctl_fds[0], self.control.ctl_lines,
                                        self.control.on_ctl)
