@@ -125,22 +125,41 @@ class Control:
 
 
 class EarlyServer:
-    """Serves ctl/winsz from a thread between the pid message and the monitor's own tasks
-    (terminal mode). The engine resizes the pty right after it gets the pid and then starts
-    the container at once; trio's import takes ~100 ms, and a resize waiting that long
-    arrives after the container has looked at its size (conmon's loop is already up)."""
+    """Serves ctl/winsz between the pid message and the monitor's own tasks (terminal
+    mode). The engine resizes the pty right after it gets the pid and then starts the
+    container at once; trio's import takes ~100 ms, and a resize waiting that long arrives
+    after the container has looked at its size (conmon's loop is already up).
+
+    A forked process, not a thread: the main thread's import holds the GIL, and a thread
+    lost this race now and then under load. The child holds only the fifos' read ends and
+    the pty master; at `stop` it hands back its unfinished partial lines and whether a log
+    reopen was asked for."""
 
     def __init__(self, control: Control, ctl: tuple[int, int] | None,
-                 winsz: tuple[int, int] | None) -> None:
-        import threading
-
+                 winsz: tuple[int, int] | None, master: int) -> None:
         self.control = control
         self.fifos = [(fds[0], lines, handle) for fds, lines, handle in (
             (ctl, control.ctl_lines, control.on_ctl),
             (winsz, control.winsz_lines, control.on_winsz)) if fds is not None]
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._serve, name="pymon-early-ctl", daemon=True)
-        self.thread.start()
+        self.result_r, result_w = os.pipe2(os.O_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: serve until told to stop, then report and leave
+            try:
+                keep = {self.stop_r, result_w, master, *(fd for fd, _, _ in self.fifos)}
+                _close_all_but(keep)
+                for sig in (15, 2, 3):  # TERM, INT, QUIT: the monitor's, not ours
+                    import _signal
+
+                    _signal.signal(sig, _signal.SIG_DFL)
+                reopen = []
+                control.reopen = lambda: reopen.append(1)
+                self._serve()
+                leftover = b"\0".join(lines.buf for _, lines, _ in self.fifos)
+                os.write(result_w, (b"R" if reopen else b"-") + leftover)
+            finally:
+                os._exit(0)
+        os.close(result_w)
 
     def _serve(self) -> None:
         import select
@@ -159,8 +178,28 @@ class EarlyServer:
                 return
 
     def stop(self) -> None:
-        """Hand over to the monitor: after this returns the thread no longer reads."""
+        """Hand over to the monitor: after this returns the child no longer reads."""
         os.write(self.stop_w, b"x")
-        self.thread.join()
-        os.close(self.stop_r)
-        os.close(self.stop_w)
+        result = b""
+        while chunk := os.read(self.result_r, 65536):
+            result += chunk
+        for fd in (self.stop_r, self.stop_w, self.result_r):
+            os.close(fd)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # the monitor's reaper got it first
+        if result[:1] == b"R":
+            self.control.reopen()
+        for (_, lines, _), rest in zip(self.fifos, result[1:].split(b"\0")):
+            lines.buf = rest  # the parent has read nothing since the fork
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -325,10 +325,11 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
         null_stdio()
 
     control = Control(None, lambda: None)  # the monitor supplies the log reopen
+    early: list[EarlyServer] = []  # terminal mode: serves ctl from the pty's arrival on
     master = None
     if console is not None:
         status, master = runtime_wait_console(
-            rpid, console, lambda fd: take_console(fd, control, ctl, winsz))
+            rpid, console, lambda fd: early.append(take_console(fd, control, ctl, winsz)))
     else:
         status = runtime_wait(rpid)
     try:
@@ -341,6 +342,8 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
                                        failure.message))
         if attach is not None and attach.symlink:
             _unlink(attach.symlink)
+        for server in early:
+            server.stop()
         finish_without_container(config, oom)
         return 1
     if master is not None:
@@ -348,18 +351,19 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
         os.set_inheritable(stdout_r, False)
         stdin_w = master
     FORWARDER.container_pid = result
+    # Armed before the engine has the pid, so before it can start the container: set up
+    # from the trio monitor it missed OOM kills during trio's import (conmon arms it just
+    # after the pid message; ~0.3 ms here).
+    from pymon.oom import OomWatcher
+
+    oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir, fresh=not opts.exec)
+    early_ctl = early[0] if early else None
     if not config.legacy_exec:
         sync_fd = sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec),
                                                  result))
-    # Now, not once trio is up: the engine may start the container at once, and an OOM
-    # kill during trio's import would otherwise go unnoticed.
-    from pymon.oom import OomWatcher
-
-    oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir)
     import time
 
     pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
-    early_ctl = EarlyServer(control, ctl, winsz) if master is not None else None
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
@@ -411,7 +415,7 @@ def make_fifo(path: str) -> tuple[int, int]:
 
 
 def take_console(master: int, control: Control, ctl: tuple[int, int] | None,
-                 winsz: tuple[int, int] | None) -> None:
+                 winsz: tuple[int, int] | None) -> EarlyServer:
     """The pty master has just arrived: ONLCR, then the sizes written to ctl/winsz before
     it came. An exec'd process starts right after the runtime sends the master, so this
     runs at once, while the runtime is still finishing (conmon's winsz watch does the
@@ -425,6 +429,10 @@ def take_console(master: int, control: Control, ctl: tuple[int, int] | None,
         if fds is not None:
             for line in read_pending(fds[0], lines):
                 handle(line)
+    # From now until the monitor's tasks run, a forked helper serves ctl/winsz: the engine
+    # resizes the pty right after it gets the pid and starts the container at once, while
+    # trio is still being imported. Forked now, so it is long ready by then.
+    return EarlyServer(control, ctl, winsz, master)
 
 
 def runtime_wait_console(rpid: int, console: sockets.ConsoleSocket,

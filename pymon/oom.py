@@ -42,6 +42,21 @@ def cgroup_path(pid: int, v2: bool) -> str | None:
     return None
 
 
+def configured_cgroup(config_json: str) -> str | None:
+    """linux.cgroupsPath of an OCI bundle when it is a plain absolute path (the cgroupfs
+    manager's form, e.g. podman's /libpod_parent/libpod-ID); None otherwise."""
+    import json
+
+    try:
+        with open(config_json) as f:
+            value = json.load(f).get("linux", {}).get("cgroupsPath")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, str) and value.startswith("/") and ":" not in value:
+        return value
+    return None
+
+
 def parse_memory_events(text: str) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
@@ -73,13 +88,23 @@ class OomWatcher:
         self.seen = {"oom": 0, "oom_kill": 0}
         self.v1_oom_control: str | None = None
         self.v1_kills = 0
+        self.fresh = True
 
     @classmethod
     def for_pid(cls, pid: int, bundle: str | None, persist_dir: str | None,
-                root: str = CGROUP_ROOT) -> OomWatcher:
+                root: str = CGROUP_ROOT, fresh: bool = True) -> OomWatcher:
+        """`fresh`: the cgroup was made for this container (create/restore), so any OOM
+        kill it has counted is ours, even one before the watch was armed. An exec session
+        shares its container's cgroup: only kills from now on count."""
         w = cls(bundle, persist_dir)
+        w.fresh = fresh
         v2 = is_cgroup2(root)
         path = cgroup_path(pid, v2)
+        if not v2 and path in (None, "/") and fresh and bundle:
+            # Already dead: a zombie's v1 paths read "/". The bundle names the cgroup.
+            path = configured_cgroup(os.path.join(bundle, "config.json")) or path
+        if path in (None, "/"):
+            w.fresh = False  # the root cgroup is nobody's own: count only kills from now on
         if path is None:
             log.warning("no memory cgroup found for pid %d: no OOM monitoring", pid)
             return w
@@ -100,6 +125,13 @@ class OomWatcher:
             log.warning("cannot watch %s: %s", events_path, e.strerror)
             return
         self.fd, self.v2_events = fd, events_path
+        if not self.fresh:
+            try:
+                with open(events_path) as f:
+                    counts = parse_memory_events(f.read())
+                self.seen = {k: counts.get(k, 0) for k in self.seen}
+            except OSError:
+                pass
         self.check_v2()  # an OOM between the pid message and now
 
     def watch_v1(self, cgroup_dir: str) -> None:
@@ -123,7 +155,9 @@ class OomWatcher:
         if efd is not None:
             self.fd, self.v1_event_control = efd, control
             self.v1_oom_control = os.path.join(cgroup_dir, "memory.oom_control")
-            self.v1_kills = self._v1_kill_count()
+            if not self.fresh:
+                self.v1_kills = self._v1_kill_count()
+            self.check_v1()  # a kill before the watch was armed
 
     def _v1_kill_count(self) -> int:
         """memory.oom_control's `oom_kill N` (kernels >= 4.13), else 0."""

@@ -252,3 +252,16 @@ def test_unexpected_error_still_records_the_exit(launcher: Launcher, tmp_path: P
                           "--log-level", "debug"], capture_output=True, timeout=30)
     assert res.returncode == 1
     assert (tmp_path / "c").read_text() == "5"
+
+
+def test_root_cgroup_is_never_taken_as_the_containers_own(tmp_path: Path) -> None:
+    """A process in the root memory cgroup (a fake runtime's "container"): earlier OOM
+    kills on the host must not be reported as this container's."""
+    w = OomWatcher.for_pid(os.getpid(), str(tmp_path), None, fresh=True)
+    try:
+        if cgroup_path(os.getpid(), is_cgroup2()) in (None, "/"):
+            assert not w.fresh
+        w.check()
+        assert not w.killed and not (tmp_path / "oom").exists()
+    finally:
+        w.close()

@@ -251,6 +251,17 @@ def podman_session(tmp_path_factory: pytest.TempPathFactory, containers_conf: Pa
     r = podman.remove_all()
     assert r.returncode == 0, r
     assert runc_leftovers(podman) == []
+    unmount_storage(podman)
+
+
+def unmount_storage(podman: Podman) -> None:
+    """podman's overlay driver leaves its storage directory bind-mounted on itself: a
+    test leaves no mount behind."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted(points, reverse=True):  # deepest first
+        if point.startswith(str(podman.base) + "/"):
+            subprocess.run(["umount", "-l", point], check=True, timeout=30)
 
 
 def runc_leftovers(podman: Podman) -> list[dict]:
@@ -308,6 +319,7 @@ def other_podman(podman: Podman, tmp_path_factory: pytest.TempPathFactory, conta
     yield make
     for p in made:
         _cleanup(p, monitors)
+        unmount_storage(p)
 
 
 @pytest.fixture
