@@ -14,7 +14,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # with recommends: podman is tested with what they bring (netavark, catatonit, ...)
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # Debian's interpreter, not whatever python3 is first on PATH: it is what a packaged pymon
