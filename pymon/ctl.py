@@ -147,11 +147,13 @@ class EarlyServer:
         if self.pid == 0:  # the child: serve until told to stop, then report and leave
             try:
                 keep = {self.stop_r, result_w, master, *(fd for fd, _, _ in self.fifos)}
-                _close_all_but(keep)
-                for sig in (15, 2, 3):  # TERM, INT, QUIT: the monitor's, not ours
-                    import _signal
+                import _signal
 
-                    _signal.signal(sig, _signal.SIG_DFL)
+                from pymon.procattrs import close_fds_except
+
+                close_fds_except(keep)
+                for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT):
+                    _signal.signal(sig, _signal.SIG_DFL)  # the monitor's to forward, not ours
                 reopen = []
                 control.reopen = lambda: reopen.append(1)
                 self._serve()
@@ -194,12 +196,3 @@ class EarlyServer:
         for (_, lines, _), rest in zip(self.fifos, result[1:].split(b"\0")):
             lines.buf = rest  # the parent has read nothing since the fork
 
-
-def _close_all_but(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass

@@ -65,14 +65,14 @@ def write_exit_files(exit_dir: str | None, persist_dir: str | None, cid: str,
 
 
 def run_exit_command(command: str, args: tuple[str, ...], delay: int,
-                     oom_score_adj: bytes | None, keep_fds: tuple[int, ...] = ()) -> None:
+                     oom_score_adj: bytes | None) -> None:
     """Close our fds (the sync pipe included, so the engine sees EOF), leave subreaper mode,
     fork X, exec the command after `delay` seconds, and wait for X and every other child.
     Its status does not change ours (conmon's observable behaviour)."""
     from pymon import _native
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _close_fds_from(3, keep_fds)
+    procattrs.close_fds_except()
     try:
         _native.set_child_subreaper(False)
     except OSError:
@@ -101,18 +101,4 @@ def wait_all_children() -> None:
             return
         except InterruptedError:
             continue
-
-
-def _close_fds_from(low: int, keep: tuple[int, ...]) -> None:
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        os.closerange(low, 65536)
-        return
-    for fd in fds:
-        if fd >= low and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 

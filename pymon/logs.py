@@ -129,9 +129,7 @@ class K8sFileLog(LogSink):
             log.warning("failed to rename log file %s: %s", tmp, e.strerror)
             os.close(fd)
             return
-        os.close(self.fd)
-        self.fd = fd
-        self.written = 0
+        self._adopt(fd)
 
     def rotate_now(self) -> None:
         """Move the full file to `.1` (older backups up, the oldest dropped) and continue in
@@ -170,7 +168,11 @@ class K8sFileLog(LogSink):
             os.close(fd)
             _unlink(new)
             return
-        os.close(self.fd)  # also releases the lock
+        self._adopt(fd)  # closing the old fd also releases the lock
+
+    def _adopt(self, fd: int) -> None:
+        """Continue in `fd`, a new empty file now at the path."""
+        os.close(self.fd)
         self.fd = fd
         self.written = 0
 

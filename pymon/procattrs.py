@@ -25,6 +25,20 @@ def lower_oom_score_adj() -> bytes | None:
         os.close(fd)
 
 
+def close_fds_except(keep: set[int] | frozenset[int] = frozenset()) -> None:
+    """Close every fd above 2 except `keep` (before the exit command; in forked helpers)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 65536))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def restore_oom_score_adj(value: bytes | None) -> None:
     if value is None:
         return

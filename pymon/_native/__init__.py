@@ -20,13 +20,6 @@ def set_child_subreaper(on: bool) -> None:
     _check(lib.prctl(lib.PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
 
 
-def is_child_subreaper() -> bool:
-    out = ffi.new("int *")
-    _check(lib.prctl(lib.PR_GET_CHILD_SUBREAPER, int(ffi.cast("unsigned long", out)), 0, 0, 0),
-           "PR_GET_CHILD_SUBREAPER")
-    return bool(out[0])
-
-
 def keep_heap(trim_threshold: int, mmap_threshold: int) -> None:
     """mallopt: serve buffers below `mmap_threshold` from the heap and keep up to
     `trim_threshold` of freed heap instead of returning it to the kernel at every free.
@@ -43,12 +36,8 @@ def set_pdeathsig(sig: int) -> None:
 
 # inotify event masks (linux/inotify.h), for callers of add_watch
 IN_MODIFY = 0x00000002
-IN_ATTRIB = 0x00000004
-IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
-IN_DELETE_SELF = 0x00000400
-IN_IGNORED = 0x00008000
 
 
 def inotify_init() -> int:

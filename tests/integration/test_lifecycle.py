@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RUNC, Bundles, Launcher
+from tests.fakes.attach_client import connect, read_until_eof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,13 +98,10 @@ def test_container_killed_before_start_gives_137(bundles: Bundles, launcher: Lau
 def test_monitor_forwards_sigterm(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo up; "
                                        "while true; do sleep 0.05; done"])
-    session, paths = launcher.create(bundle)
-    assert session.wait_p0() == 0
-    assert json.loads(session.read_sync())["data"] > 0
+    session, paths = launcher.create_ok(bundle)
+    sock = connect(bundle / "attach")
     runc_start(paths.cid)
-    # wait until the trap is installed: the container said "up"
-    from tests.fakes.engine import wait_for
-    wait_for(lambda: b"up" in paths.log.read_bytes(), what="container start")
+    read_until_eof(sock, until=b"up\n")  # the trap is installed: the container said "up"
     os.kill(session.monitor_pid, 15)
     session.wait_monitor()
     assert paths.exit_file.read_bytes() == b"7"

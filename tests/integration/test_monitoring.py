@@ -17,6 +17,7 @@ import pytest
 from pymon import _native
 from pymon.oom import OomWatcher, cgroup_path, is_cgroup2, parse_memory_events
 from tests.conftest import RUNC, Bundles, Launcher
+from tests.fakes.attach_client import connect, read_until_eof
 from tests.fakes.engine import PYMON
 from tests.fakes.runtime import calls, fake_runtime
 from tests.integration.test_lifecycle import parse_log, runc_start
@@ -128,9 +129,9 @@ def test_sigterm_before_the_runtime_is_forked_exits_1(tmp_path: Path) -> None:
 def test_sigint_to_monitor_reaches_container(bundles: Bundles, launcher: Launcher) -> None:
     bundle = bundles.make(["sh", "-c", "trap 'exit 130' INT; echo up; while :; do sleep 0.05; done"])
     session, paths = launcher.create_ok(bundle)
+    sock = connect(bundle / "attach")
     runc_start(paths.cid)
-    from tests.fakes.engine import wait_for
-    wait_for(lambda: paths.log.exists() and b"up" in paths.log.read_bytes(), what="start")
+    read_until_eof(sock, until=b"up\n")  # the trap is installed
     os.kill(session.monitor_pid, signal.SIGINT)
     session.wait_monitor()
     assert paths.exit_file.read_text() == "130"
