@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle  # noqa: E402
+from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle
 
 CONMON = "/usr/bin/conmon"
 

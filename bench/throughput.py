@@ -92,7 +92,7 @@ def main() -> None:
                                                   for m in monitors}
         for i in range(args.runs):
             for name in (list(monitors) if i % 2 == 0 else list(reversed(monitors))):
-                size, secs, user, sys_, attached = one(monitors[name], ws, make(n), probe,
+                _size, secs, user, sys_, attached = one(monitors[name], ws, make(n), probe,
                                                        args.attach)
                 if args.attach and attached != n:
                     raise SystemExit(f"{name}: attach client got {attached} of {n} bytes")

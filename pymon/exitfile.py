@@ -6,11 +6,11 @@ was ever imported, and after trio.run has returned.
 
 from __future__ import annotations
 
-import errno
-import os
 # _signal, not signal: the public module imports enum (~4 ms on the start-up path)
 # for IntEnum wrappers we do not need; the functions and constants are the same.
 import _signal as signal
+import errno
+import os
 import time
 
 from pymon import procattrs

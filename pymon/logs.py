@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from pymon import logformat, rotation
 from pymon.diag import log
 

@@ -7,10 +7,9 @@ is a plain fd number, CLOEXEC; the monitor wraps them once trio is up.
 
 from __future__ import annotations
 
+import _socket
 import os
 import sys
-
-import _socket
 
 SUN_PATH_MAX = 107  # sizeof(sun_path) - 1
 ATTACH_BACKLOG = 10

@@ -12,13 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle  # noqa: E402
-from tests.fakes.engine import Session  # noqa: E402
+from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle
+from tests.fakes.engine import Session
 
 work = Path(tempfile.mkdtemp(prefix="pymon-demo-"))
 bundle = write_bundle(work / "bundle", make_rootfs(work / "rootfs"), runc_spec(work / "spec"),
-                      ["sh", "-c", "echo hello from pymon; echo to stderr >&2; "
-                                   "printf 'no newline'; exit 3"])
+                      ["sh", "-c", ("echo hello from pymon; echo to stderr >&2; "
+                                    "printf 'no newline'; exit 3")])
 (work / "exits").mkdir()
 cid = "pymon-demo-" + uuid.uuid4().hex[:8]
 argv = ["--api-version", "1", "-c", cid, "-u", cid, "-r", RUNC, "-b", str(bundle),

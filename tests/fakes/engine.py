@@ -88,7 +88,7 @@ class Session:
 def _recv(sock: socket.socket, timeout: float) -> bytes:
     ready, _, _ = select.select([sock], [], [], timeout)
     if not ready:
-        raise TimeoutError("no packet within %.1fs" % timeout)
+        raise TimeoutError(f"no packet within {timeout:.1f}s")
     return sock.recv(65536)
 
 

@@ -29,10 +29,12 @@ exec {journald}
 class PrivateJournal:
     def __init__(self, log: Path) -> None:
         assert JOURNALD, "systemd-journald is not installed"
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             SETUP.format(journald=JOURNALD)],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        # the child keeps its own copy of the log fd; ours is closed once it is spawned
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 SETUP.format(journald=JOURNALD)],
+                stdout=out, stderr=subprocess.STDOUT)
         self.prefix = ["nsenter", "-t", str(self.proc.pid), "-m", "--"]
         deadline = time.monotonic() + 10
         while not self._socket_ready():

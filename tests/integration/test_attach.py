@@ -19,8 +19,8 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def test_output_framing_both_streams(bundles: Bundles, launcher: Launcher) -> None:
-    bundle = bundles.make(["sh", "-c", "echo out; echo err >&2; head -c 20000 /dev/zero | tr '\\0' a; "
-                                       "printf partial"])
+    bundle = bundles.make(["sh", "-c", ("echo out; echo err >&2; head -c 20000 /dev/zero | tr '\\0' a; "
+                                        "printf partial")])
     session, paths = launcher.create_ok(bundle)
     sock = connect(bundle / "attach")  # before start: waits in the backlog, sees everything
     runc_start(paths.cid)

@@ -192,8 +192,8 @@ def test_background_writer_is_drained_then_idle_holder_released(running, launche
 
     cid, bundle, _ = running
     ex = Exec(launcher, cid, bundle,
-              ["sh", "-c", "(for i in 1 2 3 4 5; do sleep 0.05; echo bg-$i; done; sleep 30) & "
-                           "echo main"])
+              ["sh", "-c", ("(for i in 1 2 3 4 5; do sleep 0.05; echo bg-$i; done; sleep 30) & "
+                            "echo main")])
     sock = ex.attach()
     assert ex.pid_message()["data"] > 0
     started = time.monotonic()

@@ -43,7 +43,7 @@ def test_create_failure_reaches_engine(launcher: Launcher, tmp_path: Path) -> No
 
 def test_create_failure_without_stderr_omits_message(launcher: Launcher, tmp_path: Path) -> None:
     rt = fake_runtime(tmp_path, "fail-silent")
-    session, paths = launcher.create(tmp_path, runtime=str(rt))
+    session, _paths = launcher.create(tmp_path, runtime=str(rt))
     assert session.wait_p0() == 0
     assert session.read_sync() == b'{"data": -1}\n'
     session.wait_monitor()
@@ -97,7 +97,7 @@ def test_runtime_without_pidfile(launcher: Launcher, tmp_path: Path, behaviour: 
 
 def test_garbage_in_pidfile(launcher: Launcher, tmp_path: Path) -> None:
     rt = fake_runtime(tmp_path, "garbage-pidfile")
-    session, paths = launcher.create(tmp_path, runtime=str(rt))
+    session, _paths = launcher.create(tmp_path, runtime=str(rt))
     assert session.wait_p0() == 0
     msg = json.loads(session.read_sync())
     assert msg["data"] == -1 and "Invalid pid" in msg["message"], msg

@@ -18,7 +18,7 @@ from tests.fakes.attach_client import connect, read_until_eof
 pytestmark = pytest.mark.timeout(60)
 
 RECORD = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}[+-]\d\d:\d\d) (stdout|stderr) ([FP]) (.*)$",
-                    re.S)
+                    re.DOTALL)
 
 
 def parse_log(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -96,8 +96,8 @@ def test_container_killed_before_start_gives_137(bundles: Bundles, launcher: Lau
 
 
 def test_monitor_forwards_sigterm(bundles: Bundles, launcher: Launcher) -> None:
-    bundle = bundles.make(["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo up; "
-                                       "while true; do sleep 0.05; done"])
+    bundle = bundles.make(["sh", "-c", ("trap 'echo got-term; exit 7' TERM; echo up; "
+                                        "while true; do sleep 0.05; done")])
     session, paths = launcher.create_ok(bundle)
     sock = connect(bundle / "attach")
     runc_start(paths.cid)

@@ -37,8 +37,8 @@ def message(entry: dict) -> bytes:
 
 
 def test_journald_entries(bundles: Bundles, launcher: Launcher, journal: PrivateJournal) -> None:
-    bundle = bundles.make(["sh", "-c", "echo out; echo err >&2; printf 'par'; sleep 0.1; "
-                                       "printf 'tial\\n'; printf tail"])
+    bundle = bundles.make(["sh", "-c", ("echo out; echo err >&2; printf 'par'; sleep 0.1; "
+                                        "printf 'tial\\n'; printf tail")])
     session, paths = launcher.create_ok(bundle, "--log-tag", "tagged", "-l", "journald",
                              log=f"k8s-file:{bundle}/ctr.log", wrapper=journal.prefix)
     runc_start(paths.cid)

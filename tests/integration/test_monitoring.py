@@ -149,8 +149,8 @@ def test_preserved_fds_reach_the_container(bundles: Bundles, launcher: Launcher,
     bundle = bundles.make(["sh", "-c", "echo through-fd-3 >&3; cat <&4; ls /proc/self/fd"])
     fd4 = os.open(extra, os.O_RDONLY)
     fdmap = [sys.executable, "-c",
-             "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
-             "os.execvp(sys.argv[3], sys.argv[3:])", str(w), str(fd4)]
+             ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+              "os.execvp(sys.argv[3], sys.argv[3:])"), str(w), str(fd4)]
     session, paths = launcher.create_ok(bundle, "--runtime-opt", "--preserve-fds",
                              "--runtime-opt", "2", wrapper=fdmap, extra_fds=[w, fd4])
     os.close(w)

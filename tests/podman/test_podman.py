@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.podman,
 
 MiB = 1 << 20
 RECORD = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})([+-]\d\d:\d\d) "
-                    rb"(stdout|stderr) ([FP]) (.*)", re.S)
+                    rb"(stdout|stderr) ([FP]) (.*)", re.DOTALL)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -686,8 +686,8 @@ def test_none_log_driver(podman: Podman) -> None:
     r = podman("logs", "silent")
     # podman 4.3.1 refuses, exit 125
     assert (r.returncode, r.stdout, r.stderr) == (
-        125, b"", b"Error: this container is using the 'none' log driver, cannot read logs: "
-                  b"this container is not logging output\n")
+        125, b"", (b"Error: this container is using the 'none' log driver, cannot read logs: "
+                   b"this container is not logging output\n"))
 
 
 @pytest.mark.timeout(60)
@@ -721,8 +721,8 @@ def test_passthrough_log_driver(podman: Podman) -> None:
                 os.close(fd)
     r = podman("logs", "direct")
     assert (r.returncode, r.stdout, r.stderr) == (
-        125, b"", b"Error: this container is using the 'passthrough' log driver, cannot read "
-                  b"logs: this container is not logging output\n")
+        125, b"", (b"Error: this container is using the 'passthrough' log driver, cannot read "
+                   b"logs: this container is not logging output\n"))
 
 
 def read_all(fd: int, timeout: float = 20) -> bytes:

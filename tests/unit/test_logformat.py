@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pymon import logformat
 from pymon.logformat import STDERR, STDOUT, frame, records, timestamp
