@@ -24,4 +24,7 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+# the distribution was called "pymon" before it was renamed: its metadata left in the tree
+# by an earlier editable install would still be found on the path
+rm -rf pymon.egg-info
+.venv/bin/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=compat
