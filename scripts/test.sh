@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: set-up, then pytest (unit, integration with
-# real runc). Must run as root. This is what CI runs (.ci/run).
+# The checks and the whole test suite on a fresh machine: set-up, ruff and mypy, then pytest
+# (unit, integration with real runc, podman end-to-end). Must run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/lint.sh
 exec .venv/bin/python -m pytest -q tests "$@"
