@@ -36,6 +36,10 @@ Description: msgspec $version from its PyPI wheel, for Debian 12
  wheel of msgspec so that pymon's package installs with apt. Debian 13 and
  later ship python3-msgspec: use theirs.
 CONTROL
+# what lintian asks of a binary package: stripped objects, a Debian changelog
+strip --strip-unneeded "$root"/usr/lib/python3/dist-packages/msgspec/*.so
+printf 'python3-msgspec (%s-0~pymon1) unstable; urgency=medium\n\n  * Local package of the PyPI wheel, for Debian 12.\n\n -- pymon developers <pymon@example.invalid>  %s\n' \
+    "$version" "$(date -R)" | gzip -9n > "$root/usr/share/doc/python3-msgspec/changelog.Debian.gz"
 mkdir -p dist/deb
 dpkg-deb --root-owner-group -Zxz --build "$root" "dist/deb/python3-msgspec_${version}-0~pymon1_${arch}.deb" >/dev/null
 ls dist/deb/python3-msgspec_*.deb
