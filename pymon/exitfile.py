@@ -65,14 +65,15 @@ def write_exit_files(exit_dir: str | None, persist_dir: str | None, cid: str,
 
 
 def run_exit_command(command: str, args: tuple[str, ...], delay: int,
-                     oom_score_adj: bytes | None) -> None:
-    """Close our fds (the sync pipe included, so the engine sees EOF), leave subreaper mode,
-    fork X, exec the command after `delay` seconds, and wait for X and every other child.
-    Its status does not change ours (conmon's observable behaviour)."""
+                     oom_score_adj: bytes | None, keep: frozenset[int] = frozenset()) -> None:
+    """Close our fds but `keep` (the sync pipe included, so the engine sees EOF), leave
+    subreaper mode, fork X, exec the command after `delay` seconds, and wait for X and every
+    other child. Its status does not change ours (conmon's observable behaviour). X inherits
+    none of `keep`: they are CLOEXEC."""
     from pymon import _native
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    procattrs.close_fds_except()
+    procattrs.close_fds_except(keep)
     try:
         _native.set_child_subreaper(False)
     except OSError:

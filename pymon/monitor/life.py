@@ -8,7 +8,7 @@ One nursery holds the whole life of the container:
 
 then, in this order (the ordering invariants of ARCHITECTURE.md):
     logs flushed and fsynced -> engine fds closed -> exit files -> exec exit message.
-The exit command runs after `run` returns (launch.py), outside trio.
+The exit command runs after `run` returns (monitor/setup.py), outside trio.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pymon.attach import AttachServer, Stdin
 from pymon.ctl import LineSplitter, read_pending
 from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
-from pymon.launch import Launched
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
+from pymon.monitor.setup import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
 from pymon.stdio import Relay, pump
