@@ -40,6 +40,8 @@ MAX_FDS = 250
 # socket's send buffer (212992 bytes by default); a larger one is refused: cold path.
 MAX_REQUEST = 200_000
 MAX_REPLY = 4096
+# Linux's resource limits are numbered 0..15 (RLIMIT_NLIMITS); Python does not export it.
+RLIMIT_COUNT = 16
 GO = b"go"
 
 READY = "ready"
@@ -148,13 +150,20 @@ def encode_request(version: str, pid: int, argv: list[bytes], env: list[bytes], 
                    umask: int, fds: list[int], rlimits: list[tuple[int, int, int]],
                    oom_score_adj: int, sig_blocked: int, sig_ignored: int, nice: int) -> bytes:
     """The request, a MessagePack array in the field order of server/wire.py's Request.
-    Limits are -1 for RLIM_INFINITY; signal sets are bit masks (bit n-1 for signal n)."""
+    Limits are -1 for RLIM_INFINITY; signal sets are 64-bit masks (bit n-1 for signal n),
+    sent as signed 64-bit integers (MessagePack has no wider type the server accepts)."""
     return _array([
         _int(PROTOCOL), _str(version), _int(pid),
         _array([_bin(a) for a in argv]), _array([_bin(e) for e in env]), _bin(cwd),
         _int(umask), _array([_int(fd) for fd in fds]),
         _array([_array([_int(r), _int(s), _int(h)]) for r, s, h in rlimits]),
-        _int(oom_score_adj), _int(sig_blocked), _int(sig_ignored), _int(nice)])
+        _int(oom_score_adj), _int(_signed64(sig_blocked)), _int(_signed64(sig_ignored)),
+        _int(nice)])
+
+
+def _signed64(mask: int) -> int:
+    mask &= (1 << 64) - 1
+    return mask - (1 << 64) if mask >> 63 else mask
 
 
 def encode_reply(kind: str, value: int = 0, text: str = "") -> bytes:

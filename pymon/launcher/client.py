@@ -64,7 +64,7 @@ def _rlimits() -> list[tuple[int, int, int]]:
     import resource
 
     out = []
-    for r in range(resource.RLIM_NLIMITS):
+    for r in range(handover.RLIMIT_COUNT):
         soft, hard = resource.getrlimit(r)
         out.append((r, -1 if soft == resource.RLIM_INFINITY else soft,
                     -1 if hard == resource.RLIM_INFINITY else hard))
