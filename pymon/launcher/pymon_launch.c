@@ -304,6 +304,13 @@ static int is_kind(const struct reply *r, const char *kind)
     return r->kind_len == strlen(kind) && memcmp(r->kind, kind, r->kind_len) == 0;
 }
 
+/* A pid we may signal: kill(0) or kill(-1) (or a value that wraps to them as pid_t)
+ * would hit our process group or every process. */
+static int is_pid(int64_t value)
+{
+    return value > 0 && value <= INT_MAX;
+}
+
 /* ---- the cold path -------------------------------------------------------------------- */
 
 static int debug_logging(int argc, char **argv)
@@ -534,6 +541,9 @@ static __attribute__((noreturn)) void fail(const char *fmt, ...)
 static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monitor)
 {
     int64_t running = 0; /* the monitor's pid once it said "running" */
+    /* no exec follows any more: a closed stderr must not turn an exit status into a
+     * death by SIGPIPE */
+    signal(SIGPIPE, SIG_IGN);
     struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
     for (;;) {
         /* signals are read only while running: before that there is no one to forward
@@ -560,7 +570,7 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
             fail("malformed reply from monitor %" PRId64, monitor);
         if (is_kind(&r, "exited"))
             exit((int)r.value);
-        if (!running && is_kind(&r, "detached")) {
+        if (!running && is_kind(&r, "detached") && is_pid(r.value)) {
             const char *pidfile = reply_text(&r);
             int err = pidfile && *pidfile ? write_pidfile(pidfile, r.value) : 0;
             if (pidfile == NULL)
@@ -571,7 +581,7 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
             }
             exit(0);
         }
-        if (!running && is_kind(&r, "running") && r.value > 0) {
+        if (!running && is_kind(&r, "running") && is_pid(r.value)) {
             running = r.value;
             continue;
         }
@@ -611,11 +621,14 @@ int main(int argc, char **argv)
     int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0)
         run_cold(argc, argv, "cannot create a socket");
-    int64_t deadline = now_us() + budget_us();
+    int64_t budget = budget_us(), deadline = now_us() + budget;
+    static char why[PATH_MAX + 128];
     /* a unix connect never waits: it succeeds, or fails (EAGAIN: backlog full) */
-    if (connect(sock, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len))) {
+    socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len);
+    if (connect(sock, (struct sockaddr *)&addr, addr_len)) {
+        snprintf(why, sizeof why, "%s: %s", path, strerror(errno));
         close(sock);
-        run_cold(argc, argv, "no server");
+        run_cold(argc, argv, why);
     }
     if (send_request(sock)) {
         close(sock);
@@ -624,7 +637,6 @@ int main(int argc, char **argv)
 
     /* the first reply, within what is left of the budget */
     struct reply r;
-    static char why[128];
     int got = 0, ready = 0;
     for (;;) {
         struct pollfd pfd = {.fd = sock, .events = POLLIN};
@@ -636,7 +648,8 @@ int main(int argc, char **argv)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            reason = "no answer in time";
+            snprintf(why, sizeof why, "no answer within %g ms", (double)budget / 1000);
+            reason = why;
             break;
         }
         got = recv_reply(sock, &r);
@@ -644,7 +657,7 @@ int main(int argc, char **argv)
             reason = "the server closed the connection";
         else if (got < 0)
             reason = "malformed reply";
-        else if (is_kind(&r, "ready") && r.value > 0)
+        else if (is_kind(&r, "ready") && is_pid(r.value))
             ready = 1;
         else {
             snprintf(why, sizeof why, "%.*s: %.*s", (int)r.kind_len, r.kind,

@@ -14,8 +14,8 @@ import os
 import resource
 import signal
 import socket
-import statistics
 import stat
+import statistics
 import subprocess
 import sys
 import time
@@ -164,7 +164,7 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
 
     def child_setup() -> None:
         os.umask(0o027)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(1000, hard), hard))
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.RLIM_INFINITY))
         os.nice(3)
@@ -342,12 +342,18 @@ def test_exited_directly(launch: Launches, server: FakeServer) -> None:
     got.close()
 
 
-@pytest.mark.parametrize("reply", [b"\x93\xa3odd\x01\xa0", b"\x92\x01\x02", None])
+@pytest.mark.parametrize("reply", [
+    b"\x93\xa3odd\x01\xa0", b"\x92\x01\x02", None,
+    # pids that kill() would take for our process group (2**32 is 0 as a pid_t): the
+    # launcher runs in its own session so that a regression only kills itself
+    handover.encode_reply(handover.DETACHED, 0, "/nonexistent/pidfile"),
+    handover.encode_reply(handover.DETACHED, 2**32, "/nonexistent/pidfile"),
+    handover.encode_reply(handover.RUNNING, 0)])
 def test_after_go_anything_else_is_an_error(launch: Launches, server: FakeServer,
                                             reply: bytes | None) -> None:
-    """Committed: an unknown reply, a malformed one or EOF end the launcher with an
-    error, never with the cold path (the monitor may have read the start pipe)."""
-    proc, got = handshake(launch, server, [])
+    """Committed: an unknown reply, a malformed one, a bad pid or EOF end the launcher
+    with an error, never with the cold path (the monitor may have read the start pipe)."""
+    proc, got = handshake(launch, server, [], start_new_session=True)
     if reply is not None:
         got.conn.send(reply)
     else:
@@ -390,8 +396,10 @@ def test_refused_runs_cold(launch: Launches, server: FakeServer) -> None:
 
 
 def test_no_socket_runs_cold(launch: Launches, tmp_path: Path) -> None:
-    env = env_for(str(tmp_path / "missing.sock"))
-    assert_cold(launch([launch.binary, *DEBUG], env=env), DEBUG, env, "no server")
+    path = tmp_path / "missing.sock"
+    env = env_for(str(path))
+    assert_cold(launch([launch.binary, *DEBUG], env=env), DEBUG, env,
+                f"{path}: No such file or directory")
 
 
 def test_stale_socket_runs_cold(launch: Launches, tmp_path: Path) -> None:
@@ -401,7 +409,8 @@ def test_stale_socket_runs_cold(launch: Launches, tmp_path: Path) -> None:
     s.close()
     env = env_for(str(path))
     args = ["--log-level=trace"]
-    assert_cold(launch([launch.binary, *args], env=env), args, env, "no server")
+    assert_cold(launch([launch.binary, *args], env=env), args, env,
+                f"{path}: Connection refused")
 
 
 def test_empty_socket_variable_means_no_server(launch: Launches) -> None:
@@ -418,7 +427,7 @@ def test_silent_server_runs_cold_within_the_budget(launch: Launches,
     proc = launch([launch.binary, *DEBUG], env=env)
     got = server.accept()  # and say nothing
     got.drop_fds()
-    assert_cold(proc, DEBUG, env, "no answer in time")
+    assert_cold(proc, DEBUG, env, "no answer within 2 ms")
     assert time.monotonic() - start < TIMEOUT
     got.close()
 
