@@ -29,7 +29,7 @@ class WarmServer:
         self.proc = subprocess.Popen([*self.cmd, "--socket", str(self.socket), "--verbose"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=self.base_env,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd="/")  # -m imports from cwd
         self.wait_for(b"serving on", timeout)
 
     @property
