@@ -432,6 +432,73 @@ def test_silent_server_runs_cold_within_the_budget(launch: Launches,
     got.close()
 
 
+def test_full_backlog_runs_cold(launch: Launches, tmp_path: Path) -> None:
+    """A server too busy to accept: connect fails with EAGAIN at once, no waiting."""
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    try:
+        while True:  # fill the backlog (its size is the kernel's business)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK)
+            queued.append(c)
+            try:
+                c.connect(str(path))
+            except BlockingIOError:
+                break
+            assert len(queued) < 100
+        env = env_for(str(path))
+        assert_cold(launch([launch.binary, *DEBUG], env=env), DEBUG, env,
+                    f"{path}: Resource temporarily unavailable")
+    finally:
+        for c in queued:
+            c.close()
+        listener.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+@pytest.mark.parametrize("trailing_slash", [False, True])
+def test_other_users_find_the_server_in_xdg_runtime_dir(launch: Launches,
+                                                       trailing_slash: bool) -> None:
+    """Not root: $XDG_RUNTIME_DIR/pymon/server.sock (joined like os.path.join)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        (top / "pymon").mkdir(mode=0o755)
+        # built here: nobody cannot reach pytest's 0700 tmp directories
+        fake = top / "python3"
+        fake.write_text(f"#!{sys.executable} -IS\n{FAKE_PYTHON}")
+        fake.chmod(0o755)
+        binary = top / "launcher"
+        assert build(str(binary), str(fake), ROOTS)
+        srv = FakeServer(str(top / "pymon" / "server.sock"))
+        os.chmod(srv.path, 0o777)
+
+        def become_nobody() -> None:
+            os.setgid(65534)
+            os.setgroups([])
+            os.setuid(65534)
+
+        env = {"XDG_RUNTIME_DIR": str(top) + ("/" if trailing_slash else ""),
+               "PYMON_SERVER_BUDGET_MS": "10000"}
+        proc = launch([str(binary), *DEBUG], env=env, preexec_fn=become_nobody)
+        got = srv.accept()
+        got.drop_fds()
+        assert got.request.argv[0] == str(binary).encode()
+        got.reply(handover.REFUSED, 0, "not yours")
+        assert_cold(proc, DEBUG, env, "refused: not yours")
+        got.close()
+        srv.close()
+        proc = launch([str(binary), *DEBUG], env={}, preexec_fn=become_nobody)
+        assert_cold(proc, DEBUG, {}, "no server socket configured")
+    finally:
+        shutil.rmtree(top)
+
+
 def test_server_closing_runs_cold(launch: Launches, server: FakeServer) -> None:
     env = env_for(server)
     proc = launch([launch.binary, *DEBUG], env=env)
