@@ -50,10 +50,11 @@ class Server:
     """`pymon-server --socket DIR/s.sock` (as `python -m pymon.server`, from this tree):
     started, awaited until its stderr says "serving on", SIGTERMed by stop()."""
 
-    def __init__(self, directory: Path, timeout: float = 60) -> None:
+    def __init__(self, directory: Path, timeout: float = 60, verbose: bool = False) -> None:
         self.path = str(directory / "s.sock")
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "pymon.server", "--socket", self.path],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pymon.server", "--socket", self.path,
+                                      *(["--verbose"] if verbose else [])],
                                      env=PYENV, cwd=str(ROOT), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
@@ -136,13 +137,14 @@ def add_mode_argument(ap: object) -> None:
 class Monitors:
     """The variants of a --mode, conmon always among them; close() stops the server."""
 
-    def __init__(self, mode: str, directory: Path, conmon: str = CONMON) -> None:
+    def __init__(self, mode: str, directory: Path, conmon: str = CONMON,
+                 verbose_server: bool = False) -> None:
         self.server: Server | None = None
         self.list: list[Monitor] = []
         c_launcher = write_launcher(directory / "pymon")
         nowhere = str(directory / "no-server.sock")  # nothing listens: the launcher goes cold
         if mode in ("warm", "both"):
-            self.server = Server(directory)
+            self.server = Server(directory, verbose=verbose_server)
             self.list.append(Monitor(WARM, c_launcher, {"PYMON_SOCKET": self.server.path},
                                      self.server))
         if mode in ("cold", "both"):
@@ -394,9 +396,9 @@ def exit_probe(directory: Path) -> Path:
     stat's utime and stime (clock ticks), to $PROBE_OUT. conmon and pymon both wait for
     their exit command, so the monitor is alive and has done all its work but exit."""
     probe = directory / "probe.sh"
-    probe.write_text('#!/bin/sh\nread ns rest < /proc/$PPID/schedstat\n'
+    probe.write_text('#!/bin/sh\nd=$(date +%s%N)\nread ns rest < /proc/$PPID/schedstat\n'
                      'set -- $(cut -d")" -f2 /proc/$PPID/stat)\n'
-                     'echo "$ns ${12} ${13}" > "$PROBE_OUT"\n')
+                     'echo "$ns ${12} ${13} $d" > "$PROBE_OUT"\n')
     probe.chmod(0o755)
     return probe
 
@@ -406,8 +408,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def read_probe(path: Path) -> tuple[float, float, float]:
     """(cpu seconds from schedstat, utime seconds, stime seconds)"""
-    ns, utime, stime = path.read_text().split()
+    ns, utime, stime, _ = path.read_text().split()
     return int(ns) / 1e9, int(utime) / CLK_TCK, int(stime) / CLK_TCK
+
+
+def probe_time_ns(path: Path) -> int:
+    """When the exit command ran (time.time_ns() clock)."""
+    return int(path.read_text().split()[3])
 
 
 # --- statistics and the table ---------------------------------------------------------------
