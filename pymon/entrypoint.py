@@ -51,9 +51,14 @@ def _program(roots: list[str]) -> list[str]:
             "sys.exit(main())"]
 
 
-def bootstrap(roots: list[str]) -> str:
-    """The script's program on one line: the C launcher's `python -IS -c` argument."""
-    return "; ".join(_program(roots))
+def bootstrap(roots: list[str], entry: str | None = None) -> str:
+    """The script's program on one line: the C launcher's `python -IS -c` argument. It
+    ends with a comment naming the entry point, so that `ps` and `pgrep -f ENTRY` find a
+    cold monitor by its entry point as they find the script's."""
+    program = "; ".join(_program(roots))
+    if not entry or "\n" in entry or "\r" in entry:  # a line break would end the comment
+        return program
+    return f"{program}  # {entry}"
 
 
 def script(python: str, roots: list[str]) -> str:

@@ -55,7 +55,8 @@ def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] |
     if cc is None:
         print("pymon: no C compiler found (sysconfig CC or cc)", file=sys.stderr)
         return False
-    macros = {"PYTHON": c_string(python), "BOOTSTRAP": c_string(bootstrap(roots)),
+    program = bootstrap(roots, os.path.abspath(dest))
+    macros = {"PYTHON": c_string(python), "BOOTSTRAP": c_string(program),
               "PYMON_VERSION": c_string(VERSION), **(defines or {})}
     tmp = f"{dest}.{os.getpid()}.tmp"
     cmd = [*cc, *CFLAGS, *extra_flags, *(f"-D{k}={v}" for k, v in macros.items()),

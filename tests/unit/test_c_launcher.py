@@ -91,6 +91,10 @@ os.execve(sys.argv[2], sys.argv[2:], env)
 """
 
 
+# launcher pid -> the launcher binary it runs (the cold path's program names it)
+BINARY_OF: dict[int, str] = {}
+
+
 class Launches:
     """Starts launchers; kills whatever is still running at the end of the test."""
 
@@ -102,12 +106,14 @@ class Launches:
                  fds: dict[int, int] | None = None,
                  **kwargs: object) -> subprocess.Popen[bytes]:
         """`fds`: {number in the launcher: our fd}; nothing else but 0, 1, 2 is passed."""
+        binary = cmd[0]
         if fds:
             cmd = [sys.executable, "-IS", "-c", EXEC_WITH_FDS, json.dumps(fds), *cmd]
             kwargs["pass_fds"] = tuple(set(fds.values()))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
         self.procs.append(proc)
+        BINARY_OF[proc.pid] = binary
         return proc
 
     def kill_all(self) -> None:
@@ -373,7 +379,8 @@ def assert_cold(proc: subprocess.Popen[bytes], args: list[str], env: dict[str, s
     report = cold_report(out)
     fake = report["argv"][0]  # type: ignore[index]
     # argv[0] of the exec is PYTHON (the kernel replaces it with the script's path here)
-    assert report["argv"] == [fake, "-IS", "-c", bootstrap(ROOTS), *args]
+    program = bootstrap(ROOTS, os.path.abspath(BINARY_OF[proc.pid]))
+    assert report["argv"] == [fake, "-IS", "-c", program, *args]
     assert report["env"] == env
     assert report["fds"] == (fds or [0, 1, 2])
     if reason is None:
@@ -592,7 +599,7 @@ def test_c_string_survives_any_text(tmp_path: Path) -> None:
     assert build(dest, str(fake), roots, extra_flags=("-Werror",))
     done = subprocess.run([dest, "x"], env={"PYMON_SOCKET": ""}, capture_output=True,
                           timeout=TIMEOUT, check=True)
-    assert json.loads(done.stdout)["argv"][1:] == ["-IS", "-c", bootstrap(roots), "x"]
+    assert json.loads(done.stdout)["argv"][1:] == ["-IS", "-c", bootstrap(roots, dest), "x"]
 
 
 def test_entrypoint_builds_the_c_launcher_or_the_script(
