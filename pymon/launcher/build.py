@@ -46,7 +46,9 @@ def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] |
           extra_flags: tuple[str, ...] = ()) -> bool:
     """Compile the launcher to `dest` (atomically, mode 0755) with `python` and `roots`
     for its cold path. False, with the reason on stderr, when there is no compiler or the
-    compilation fails. `defines` (raw C tokens) and `extra_flags` are for tests."""
+    compilation fails. CPPFLAGS, CFLAGS and LDFLAGS from the environment come after ours,
+    so a distribution's build flags (hardening, its own -O) apply and win. `defines` (raw
+    C tokens) and `extra_flags` are for tests."""
     # imported here: pymon.entrypoint imports this module only when it builds
     from pymon.cli import VERSION
     from pymon.entrypoint import bootstrap
@@ -59,8 +61,10 @@ def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] |
     macros = {"PYTHON": c_string(python), "BOOTSTRAP": c_string(program),
               "PYMON_VERSION": c_string(VERSION), **(defines or {})}
     tmp = f"{dest}.{os.getpid()}.tmp"
-    cmd = [*cc, *CFLAGS, *extra_flags, *(f"-D{k}={v}" for k, v in macros.items()),
-           "-o", tmp, SOURCE]
+    env_flags = [flag for name in ("CPPFLAGS", "CFLAGS", "LDFLAGS")
+                 for flag in shlex.split(os.environ.get(name, ""))]
+    cmd = [*cc, *CFLAGS, *env_flags, *extra_flags,
+           *(f"-D{k}={v}" for k, v in macros.items()), "-o", tmp, SOURCE]
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               check=False)

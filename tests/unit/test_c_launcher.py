@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import stat
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from pymon import handover
 from pymon.cli import VERSION
 from pymon.entrypoint import bootstrap, import_roots, write
 from pymon.launcher import build as build_mod
-from pymon.launcher.build import build, compiler
+from pymon.launcher.build import SOURCE, build, compiler
 from tests.fakes.fake_server import TIMEOUT, FakeServer, Received
 
 pytestmark = [pytest.mark.skipif(compiler() is None, reason="no C compiler (sysconfig CC, cc)"),
@@ -469,9 +471,6 @@ def test_full_backlog_runs_cold(launch: Launches, tmp_path: Path) -> None:
 def test_other_users_find_the_server_in_xdg_runtime_dir(launch: Launches,
                                                        trailing_slash: bool) -> None:
     """Not root: $XDG_RUNTIME_DIR/pymon/server.sock (joined like os.path.join)."""
-    import shutil
-    import tempfile
-
     top = Path(tempfile.mkdtemp())
     try:
         top.chmod(0o755)
@@ -504,6 +503,11 @@ def test_other_users_find_the_server_in_xdg_runtime_dir(launch: Launches,
         assert_cold(proc, DEBUG, {}, "no server socket configured")
     finally:
         shutil.rmtree(top)
+
+
+def test_socket_path_too_long_runs_cold(launch: Launches, tmp_path: Path) -> None:
+    env = env_for("/" + "x" * 108)
+    assert_cold(launch([launch.binary, *DEBUG], env=env), DEBUG, env, "socket path too long")
 
 
 def test_server_closing_runs_cold(launch: Launches, server: FakeServer) -> None:
@@ -622,6 +626,17 @@ def test_entrypoint_builds_the_c_launcher_or_the_script(
     err = capsys.readouterr().err
     assert "compiling the C launcher failed" in err and "Python launcher script" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.c", "pymon"]
+
+    # a distribution's flags are used (here: one the compiler rejects)
+    monkeypatch.setattr(build_mod, "SOURCE", SOURCE)
+    monkeypatch.setenv("CFLAGS", "-O2 -fno-such-option-for-pymon")
+    assert not build(str(tmp_path / "other"), sys.executable, [])
+    assert "-fno-such-option-for-pymon" in capsys.readouterr().err
+    monkeypatch.setenv("CFLAGS", "-O2 -D_FORTIFY_SOURCE=2 -fstack-protector-strong")
+    monkeypatch.setenv("LDFLAGS", "-Wl,-z,relro,-z,now")
+    assert build(str(tmp_path / "other"), sys.executable, [])
+    assert capsys.readouterr().err == ""
+    (tmp_path / "other").unlink()
 
     monkeypatch.setattr(build_mod, "compiler", lambda: None)
     assert not build(str(tmp_path / "other"), sys.executable, [])
