@@ -132,21 +132,28 @@ def write_launcher(dest: Path, python_launcher: bool = False) -> str:
 def add_mode_argument(ap: object) -> None:
     ap.add_argument("--mode", choices=("warm", "cold", "both"), default="both",  # type: ignore[attr-defined]
                     help="pymon with a warm server, cold, or both (default)")
+    ap.add_argument("--budget-ms", type=float,  # type: ignore[attr-defined]
+                    help="PYMON_SERVER_BUDGET_MS for the warm launcher (default: unset, the "
+                         "shipped 2 ms): how long it waits for the server before going cold; "
+                         "on a loaded machine some launches go cold, and a larger budget "
+                         "measures the warm monitor alone")
 
 
 class Monitors:
     """The variants of a --mode, conmon always among them; close() stops the server."""
 
     def __init__(self, mode: str, directory: Path, conmon: str = CONMON,
-                 verbose_server: bool = False) -> None:
+                 verbose_server: bool = False, budget_ms: float | None = None) -> None:
         self.server: Server | None = None
         self.list: list[Monitor] = []
         c_launcher = write_launcher(directory / "pymon")
         nowhere = str(directory / "no-server.sock")  # nothing listens: the launcher goes cold
         if mode in ("warm", "both"):
             self.server = Server(directory, verbose=verbose_server)
-            self.list.append(Monitor(WARM, c_launcher, {"PYMON_SOCKET": self.server.path},
-                                     self.server))
+            env = {"PYMON_SOCKET": self.server.path}
+            if budget_ms is not None:
+                env["PYMON_SERVER_BUDGET_MS"] = str(budget_ms)
+            self.list.append(Monitor(WARM, c_launcher, env, self.server))
         if mode in ("cold", "both"):
             self.list.append(Monitor(COLD_C, c_launcher, {"PYMON_SOCKET": nowhere}))
             self.list.append(Monitor(COLD_PY, write_launcher(directory / "pymon.py", True),
@@ -170,6 +177,8 @@ class Monitors:
         out = []
         for m in self.list:
             extra = f", server pid {m.server.pid}" if m.server else ""
+            if "PYMON_SERVER_BUDGET_MS" in m.env:
+                extra += f", budget {m.env['PYMON_SERVER_BUDGET_MS']} ms"
             out.append(f"  {m.name}: {m.path}{extra}")
         return "\n".join(out)
 

@@ -57,9 +57,16 @@ def one_round(ws: Workspace, mon, n: int, settle: float, res: Results, stats: di
                 extra += 1
                 pss += memory(pid)["Pss"]
         if mon.server is not None:
-            pss += memory(mon.server.pid)["Pss"]
+            server_pss = memory(mon.server.pid)["Pss"]
+            pss += server_pss
             stats["warm"] += sum(r.warm for r in runs)
             stats["launches"] += len(runs)
+            warm = [memory(r.monitor_pid) for r in runs if r.warm]
+            if len(warm) < len(runs):  # some launchers went cold: the warm ones apart
+                res.add("  warm-served only: Pss_Anon per monitor", mon.name,
+                        median([m["Pss_Anon"] for m in warm]), "MiB")
+                res.add(f"  warm-served only: est. total PSS of {n} + server", mon.name,
+                        server_pss + n * median([m["Pss"] for m in warm]), "MiB")
         if extra:
             stats.setdefault(f"helper processes ({mon.name})", 0)
             stats[f"helper processes ({mon.name})"] += extra
@@ -86,7 +93,7 @@ def main() -> None:
                     help="seconds the monitors idle before their memory is read")
     args = ap.parse_args()
     ws = Workspace()
-    mons = Monitors(args.mode, ws.dir)
+    mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
     res = Results()
     stats = {"warm": 0, "launches": 0}
     try:

@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--exec-runs", type=int, default=60, help="podman exec per variant")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbp-", dir="/tmp"))
-    mons = Monitors(args.mode, work, verbose_server=True)
+    mons = Monitors(args.mode, work, verbose_server=True, budget_ms=args.budget_ms)
     podman = Podman(work)
     confs = {m.name: podman.conf(m) for m in mons.list}
     base_conf = confs[CONMON_NAME]

@@ -108,7 +108,7 @@ def main() -> None:
                     help="seconds a container stays blocked before it is released")
     args = ap.parse_args()
     ws = Workspace()
-    mons = Monitors(args.mode, ws.dir)
+    mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
     probe = exit_probe(ws.dir)
     res = Results()
     stats = {"warm": 0, "launches": 0}

@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--attach", action="store_true")
     args = ap.parse_args()
     ws = Workspace()
-    mons = Monitors(args.mode, ws.dir)
+    mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
     probe = exit_probe(ws.dir)
     n = args.mib << 20
     res = Results()
