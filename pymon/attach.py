@@ -147,21 +147,28 @@ class AttachServer:
         self.stdin = stdin
         self.close_stdin_on_eof = close_stdin_on_eof
         self.clients: list[Client] = []
+        self.nursery: trio.Nursery | None = None  # serve()'s: runs each client's tasks
 
     def accept_pending(self) -> None:
         """Take every connection already waiting in the backlog. Called before the first
         read of container output: an engine connects before `runtime start` and must see
         the container's first byte."""
-        while True:
+        while self.listener.fileno() >= 0:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                return  # EMFILE and the like: serve() reports and retries
             conn.setblocking(False)
-            self.clients.append(Client(conn))
+            client = Client(conn)
+            self.clients.append(client)
+            if self.nursery is not None:
+                self.nursery.start_soon(self._run_client, client)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             for client in self.clients:
                 nursery.start_soon(self._run_client, client)
             while True:
@@ -199,7 +206,10 @@ class AttachServer:
 
     def broadcast(self, chunk: bytes, stream: bytes) -> None:
         """Queue `chunk` as packets of at most 8193 bytes for every client (newest first,
-        as conmon serves them)."""
+        as conmon serves them). A connection waiting in the backlog is taken first: it came
+        before this output was read, so it must see it, whichever task trio runs first (a
+        warm monitor has no import delay that lets the accept task win the race)."""
+        self.accept_pending()
         if not self.clients:
             return
         kind = bytes((STREAM_TYPES[stream],))
