@@ -46,16 +46,19 @@ def import_roots() -> list[str]:
     return roots
 
 
-def _program(roots: list[str]) -> list[str]:
+def _program(roots: list[str], warm: bool = True) -> list[str]:
+    # The C launcher has already tried the server when it runs this: warm=False, so a
+    # slow or refusing server is not asked twice.
     return ["import sys", f"sys.path[:0] = {roots!r}", "from pymon.launcher.main import main",
-            "sys.exit(main())"]
+            "sys.exit(main())" if warm else "sys.exit(main(warm=False))"]
 
 
 def bootstrap(roots: list[str], entry: str | None = None) -> str:
-    """The script's program on one line: the C launcher's `python -IS -c` argument. It
+    """The script's program on one line, for the C launcher's `python -IS -c`: the cold
+    path only, since the C launcher tried the warm one. It
     ends with a comment naming the entry point, so that `ps` and `pgrep -f ENTRY` find a
     cold monitor by its entry point as they find the script's."""
-    program = "; ".join(_program(roots))
+    program = "; ".join(_program(roots, warm=False))
     if not entry or "\n" in entry or "\r" in entry:  # a line break would end the comment
         return program
     return f"{program}  # {entry}"

@@ -171,6 +171,9 @@ def _follow(sock: _socket.socket, pid: int) -> int:
             return 1
         kind, value, text = reply
         if kind == handover.DETACHED:
+            if value <= 0:
+                _error(f"bad monitor pid {value}")
+                return 1
             if text:
                 try:
                     write_atomic(text, str(value))
@@ -183,9 +186,11 @@ def _follow(sock: _socket.socket, pid: int) -> int:
                     return 1
             return 0
         if kind == handover.RUNNING:
-            monitor = value
+            if value <= 0:  # kill(0) or kill(-1) would hit our group or everyone
+                _error(f"bad monitor pid {value}")
+                return 1
             for sig in FORWARDED:
-                signal.signal(sig, lambda sig, _frame: _forward(monitor, sig))
+                signal.signal(sig, lambda sig, _frame, pid=value: _forward(pid, sig))
             forwarding = True
             continue
         if kind == handover.EXITED:
