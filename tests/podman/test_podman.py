@@ -27,7 +27,7 @@ import pytest
 from tests.fakes.bundle import RUNC
 from tests.fakes.engine import wait_pid_gone
 from tests.fakes.journal import PrivateJournal
-from tests.podman.conftest import IMAGE, LIMITS, Monitors, Podman, podman_available
+from tests.podman.conftest import _ppid, IMAGE, LIMITS, Monitors, Podman, podman_available
 
 pytestmark = [pytest.mark.podman,
               pytest.mark.skipif(not podman_available(),
@@ -81,9 +81,14 @@ def assert_exited(podman: Podman, ctr: str, code: int) -> None:
 
 
 def assert_pymon_monitors(podman: Podman, monitors: Monitors, cid: str) -> int:
-    """The running container's monitor is pymon; returns its pid."""
+    """The running container's monitor is pymon, and the container's parent (warm or
+    cold, re-parented to it when the runtime exited); returns its pid. A podman in another
+    mount namespace (a private journald's) is refused by the server: its monitors are cold."""
     pid = conmon_pid(podman, cid)
-    monitors.assert_is_monitor(pid, cid)
+    monitors.assert_is_monitor(pid, cid, warm=monitors.server is not None and not podman.prefix)
+    ctr = int(podman.inspect(cid, "{{.State.Pid}}"))
+    if ctr > 0:
+        assert _ppid(ctr) == pid, f"container {ctr}'s parent is not monitor {pid}"
     return pid
 
 
