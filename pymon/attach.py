@@ -208,6 +208,7 @@ class AttachServer:
         self.close_stdin_on_eof = close_stdin_on_eof
         self.clients: list[Client] = []
         self.hangups = Hangups()
+        self.stalled = 0  # clients disconnected for not reading (the SIGUSR1 state report)
 
     def accept_pending(self) -> None:
         """Take every connection already waiting in the backlog. Called before the first
@@ -304,6 +305,7 @@ class AttachServer:
                     if client.queued > HIGH_WATER:
                         log.warning("attach client stopped reading with %d bytes queued: "
                                     "disconnected", client.queued)
+                        self.stalled += 1
                         self._forget(client)
             if not waiting:
                 return

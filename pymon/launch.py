@@ -18,7 +18,7 @@ import os
 import _signal as signal
 import sys
 
-from pymon import procattrs, runtime, sockets, sync
+from pymon import procattrs, runtime, signals, sockets, sync
 from pymon.cli import Frozen, parse_args, version_text
 from pymon.config import Config, build_config, check_log_rules
 from pymon.ctl import Control, EarlyServer, read_pending
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # keeps its default action (Python would otherwise raise KeyboardInterrupt).
     signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signals.ignore_stray()  # a stray SIGHUP/SIGUSR1/... must not lose the container's exit
     try:
         return _main(sys.argv[1:] if argv is None else argv, fds)
     except PymonError as e:
