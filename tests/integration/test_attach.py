@@ -276,8 +276,8 @@ def _released_within(pid: int, count: int) -> float:
 
 def test_hangup_releases_the_fd_while_the_container_is_quiet(bundles: Bundles,
                                                              launcher: Launcher) -> None:
-    bundle = bundles.make(["sh", "-c", 'echo up; while read x; do [ "$x" = quit ] && exit 0; '
-                                       'echo "got $x"; done'])
+    bundle = bundles.make(["sh", "-c", ('echo up; while read x; do [ "$x" = quit ] && exit 0; '
+                                        'echo "got $x"; done')])
     # --leave-stdin-open: the clients' EOFs must not end the container
     session, paths = launcher.create_ok(bundle, "-i", "--leave-stdin-open")
     keeper = connect(bundle / "attach")

@@ -41,12 +41,12 @@ def test_stray_signals_under_trio_and_the_usr1_report(bundles: Bundles, launcher
                                                       syslog: PrivateSyslog,
                                                       tmp_path: Path) -> None:
     exit_status = tmp_path / "exit-command-status"
-    bundle = bundles.make(["sh", "-c", 'cat /proc/self/status; echo up; while read x; do '
-                                       '[ "$x" = quit ] && exit 3; echo "got $x"; done'])
+    bundle = bundles.make(["sh", "-c", ('cat /proc/self/status; echo up; while read x; do '
+                                        '[ "$x" = quit ] && exit 3; echo "got $x"; done')])
     session, paths = launcher.create_ok(
         bundle, "-i", "--syslog", wrapper=syslog.wrapper,
-        exit_command=["/bin/sh", "-c", f"cat /proc/self/status > {exit_status}.tmp; "
-                                       f"mv {exit_status}.tmp {exit_status}"])
+        exit_command=["/bin/sh", "-c", (f"cat /proc/self/status > {exit_status}.tmp; "
+                                        f"mv {exit_status}.tmp {exit_status}")])
     sock = connect(bundle / "attach")
     runc_start(paths.cid)
     got = read_until_eof(sock, until=b"up\n")
@@ -68,8 +68,8 @@ def test_stray_signals_under_trio_and_the_usr1_report(bundles: Bundles, launcher
     assert (int(report[3]), int(report[4])) == (0, 1)
 
     os.kill(monitor, signal.SIGUSR1)  # each request gets its own report, with new counts
-    report = syslog.wait_for(r"relayed stdout %d bytes.* log file (\d+) bytes"
-                             % (status_size + len(b"got ping\n")))
+    relayed = status_size + len(b"got ping\n")
+    report = syslog.wait_for(rf"relayed stdout {relayed} bytes.* log file (\d+) bytes")
     assert int(report[1]) == paths.log.stat().st_size
     sock.send(b"quit\n")
     assert read_until_eof(sock).eof
