@@ -85,7 +85,7 @@ class Client:
         self.last_progress = trio.current_time()
         self.cancel = trio.CancelScope()
         self.closed = False
-        self.input_done = trio.Event()  # EOF on its input: from here only a hangup can end it
+        self.hangups: Hangups | None = None  # watching us once our input reached EOF
 
     def enqueue(self, packets: list[bytes], size: int) -> None:
         if not self.queue:
@@ -139,7 +139,6 @@ class Client:
                     pass
                 if stdin is not None and close_stdin_on_eof:
                     stdin.close()
-                self.input_done.set()
                 return
             if stdin is not None and not stdin.closed:
                 await stdin.write(data)
@@ -147,6 +146,8 @@ class Client:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.hangups is not None:  # before the fd number can be reused
+                self.hangups.forget(self)
             self.cancel.cancel()
             for event in (self.wake, self.room, self.emptied):
                 event.set()
@@ -174,14 +175,16 @@ class Hangups:
             return
         self.ep.register(client.fd, 0)
         self.clients[client.fd] = client
+        client.hangups = self
 
     def forget(self, client: Client) -> None:
         if self.clients.get(client.fd) is client:
             del self.clients[client.fd]
+            client.hangups = None
             try:
                 self.ep.unregister(client.fd)
             except (OSError, ValueError):
-                pass  # the socket is closed already: epoll dropped it by itself
+                pass  # the epoll set is closed already (the monitor is done)
 
     async def run(self, on_hangup: Callable[[Client], None]) -> None:
         while True:
@@ -264,7 +267,6 @@ class AttachServer:
         self._forget(client)
 
     def _forget(self, client: Client) -> None:
-        self.hangups.forget(client)
         client.close()
         if client in self.clients:
             self.clients.remove(client)
