@@ -285,14 +285,20 @@ def test_hangup_releases_the_fd_while_the_container_is_quiet(bundles: Bundles,
     read_until_eof(keeper, until=b"up\n")
     pid = session.monitor_pid
     base = _fds(pid)
+    releases = []
     for _ in range(5):  # each hangup is noticed at once, with no output flowing
         client = connect(bundle / "attach")
         wait_for(lambda: _fds(pid) == base + 1, what="the client accepted")
         client.close()
-        assert _released_within(pid, base) < 0.1
+        releases.append(_released_within(pid, base))
+    print(f"monitor fds {base}; released {max(releases) * 1000:.1f} ms after a hangup at most")
+    assert max(releases) < 0.1
     for _ in range(300):  # a client reconnecting in a loop
         connect(bundle / "attach").close()
-    assert _released_within(pid, base) < 1.0
+    after_loop = _fds(pid)
+    settle = _released_within(pid, base)
+    print(f"after 300 connect+close: {after_loop} fds, back to {base} in {settle * 1000:.1f} ms")
+    assert settle < 1.0
     # a half-close keeps the client for output; its full close then releases it
     half = connect(bundle / "attach")
     half.shutdown(socket.SHUT_WR)
