@@ -10,7 +10,7 @@ container's exit: nobody would write the exit file. Every signal has a meaning h
 * SIGCHLD: reaping (reaper.py).
 * SIGUSR1: a one-line state report in the diagnostics once the monitor runs
   (status.py); ignored before.
-* STRAY (SIGHUP, SIGUSR2, SIGALRM, ...): ignored. SIGXFSZ included: a log file over
+* STRAY (SIGHUP, SIGUSR2, SIGALRM, ..., the real-time signals): ignored. SIGXFSZ included: a log file over
   RLIMIT_FSIZE fails its writes with EFBIG, which the log sink survives.
 * SIGPIPE: ignored (Python's start-up sets that), as under conmon.
 
@@ -24,9 +24,14 @@ from __future__ import annotations
 # for IntEnum wrappers we do not need; the functions and constants are the same.
 import _signal as signal
 
-# Signals that would end the monitor by default and have no other meaning for it.
+# Signals that would end the monitor by default and have no other meaning for it: all of
+# them but SIGKILL, SIGTERM/SIGINT/SIGQUIT (forwarded), and those that report a fault of
+# the process itself or its CPU limit (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS,
+# SIGTRAP, SIGXCPU). The real-time signals from SIGRTMIN on are free for applications
+# (glibc keeps the two below it for itself).
 STRAY = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM,
-         signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGSTKFLT, signal.SIGXFSZ)
+         signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGSTKFLT, signal.SIGXFSZ,
+         *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 
 
 def ignore_stray() -> None:
