@@ -1,14 +1,19 @@
 """Operator faults against real podman with pymon as its conmon: stray signals sent to the
-monitor must not lose the container's exit (conmon dies of SIGHUP, SIGUSR2, SIGALRM)."""
+monitor must not lose the container's exit (conmon dies of SIGHUP, SIGUSR2, SIGALRM);
+attach clients that reconnect in a loop or never read cost neither fds nor time."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from pymon.signals import STRAY
+from tests.fakes.attach_client import connect
+from tests.fakes.engine import wait_for
 from tests.podman.conftest import IMAGE, Monitors, Podman, podman_available
 from tests.podman.test_podman import assert_exited, assert_pymon_monitors
 
@@ -30,3 +35,57 @@ def test_stray_signals_to_the_monitor_keep_the_exit(podman: Podman, monitors: Mo
     assert podman.ok("wait", "stray") == b"5\n"
     assert_exited(podman, "stray", 5)
     assert podman("logs", "stray").stdout == b"up\ndone\n"  # nothing lost from the log
+
+
+def attach_socket(monitor: int) -> Path:
+    """The attach socket of a pymon monitor: `<bundle>/attach`, the bundle from its -b."""
+    argv = Path(f"/proc/{monitor}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"-b") + 1].decode()) / "attach"
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.timeout(90)
+def test_attach_clients_reconnecting_in_a_loop_leave_no_fds(podman: Podman,
+                                                            monitors: Monitors) -> None:
+    cid = podman.run_d("--name", "quiet", IMAGE, "sh", "-c",
+                       "echo up; until [ -e /tmp/go ]; do sleep 0.02; done")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    podman.wait_logs("quiet", b"up\n")
+    sock_path = attach_socket(monitor)
+    base = fd_count(monitor)
+    for _ in range(300):  # connect + close on a container that writes nothing
+        connect(sock_path).close()
+    wait_for(lambda: fd_count(monitor) == base, timeout=1, what="the monitor's fds released")
+    podman.ok("exec", "quiet", "sh", "-c", ": > /tmp/go")
+    assert podman.ok("wait", "quiet") == b"0\n"
+
+
+def _stalled_run(podman: Podman, monitors: Monitors, name: str, count: int) -> float:
+    """Seconds from the go signal to the container's exit, writing 16 MiB while `count`
+    attach clients never read."""
+    cid = podman.run_d("--name", name, IMAGE, "sh", "-c",
+                       "echo up; until [ -e /tmp/go ]; do sleep 0.02; done; "
+                       f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {16 << 20}")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    podman.wait_logs(name, b"up\n")
+    stalled = [connect(attach_socket(monitor)) for _ in range(count)]
+    try:
+        start = time.monotonic()
+        podman.ok("exec", name, "sh", "-c", ": > /tmp/go")
+        assert podman.ok("wait", name) == b"0\n"
+        return time.monotonic() - start
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_many_stalled_attach_clients_cost_no_more_than_one(podman: Podman,
+                                                           monitors: Monitors) -> None:
+    one = _stalled_run(podman, monitors, "stalled-1", 1)
+    twelve = _stalled_run(podman, monitors, "stalled-12", 12)
+    print(f"podman: container held {one:.2f}s by 1 stalled client, {twelve:.2f}s by 12")
+    assert twelve <= one + 1.0
