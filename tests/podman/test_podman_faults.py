@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pymon.signals import STRAY
-from tests.fakes.attach_client import connect
+from tests.fakes.attach_client import connect, read_until_eof
 from tests.fakes.engine import wait_for
+from tests.integration.test_lifecycle import parse_log
 from tests.podman.conftest import IMAGE, Monitors, Podman, podman_available
 from tests.podman.test_podman import assert_exited, assert_pymon_monitors
 
@@ -89,3 +92,52 @@ def test_many_stalled_attach_clients_cost_no_more_than_one(podman: Podman,
     twelve = _stalled_run(podman, monitors, "stalled-12", 12)
     print(f"podman: container held {one:.2f}s by 1 stalled client, {twelve:.2f}s by 12")
     assert twelve <= one + 1.0
+
+
+@pytest.fixture
+def mib_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mib"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_log_on_a_full_disk_stays_readable(podman: Podman, monitors: Monitors,
+                                           mib_tmpfs: Path) -> None:
+    """The container's log on a 1 MiB tmpfs half taken: written until ENOSPC, then the
+    space comes back and it goes on. `podman logs` reads a log whose every record is whole:
+    the lines it shows are lines the container wrote, in order, and none written after the
+    space came back is missing."""
+    before, after = 20000, 2000
+    filler = mib_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (512 << 10))
+    log = mib_tmpfs / "ctr.log"
+    cid = podman.run_d("--name", "full", "--log-opt", f"path={log}", IMAGE, "sh", "-c",
+                       "until [ -e /tmp/start ]; do sleep 0.02; done; "
+                       f"i=0; while [ $i -lt {before} ]; do echo before$i; i=$((i+1)); done; "
+                       "echo waiting; until [ -e /tmp/go ]; do sleep 0.02; done; "
+                       f"i=0; while [ $i -lt {after} ]; do echo after$i; i=$((i+1)); done")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    reader = connect(attach_socket(monitor))  # sees all the output, whatever the disk says
+    try:
+        podman.ok("exec", "full", "sh", "-c", ": > /tmp/start")
+        read_until_eof(reader, until=b"waiting\n")
+        assert log.stat().st_size < 1 << 20 and os.statvfs(mib_tmpfs).f_bavail == 0  # full
+        filler.unlink()
+        podman.ok("exec", "full", "sh", "-c", ": > /tmp/go")
+        assert podman.ok("wait", "full") == b"0\n"
+    finally:
+        reader.close()
+    records = parse_log(log.read_bytes())  # every record whole
+    r = podman("logs", "full")
+    assert (r.returncode, r.stderr) == (0, b"")
+    lines = r.stdout.split(b"\n")[:-1]
+    assert lines == [content for _, _, content in records]
+    expected = ([b"before%d" % i for i in range(before)] + [b"waiting"]
+                + [b"after%d" % i for i in range(after)])
+    it = iter(expected)
+    assert all(any(line == e for e in it) for line in lines), "a line glued, cut or reordered"
+    assert lines[-after:] == expected[-after:]
+    assert len(lines) < len(expected)  # the disk was full: some were dropped
