@@ -16,7 +16,7 @@ from pymon.signals import STRAY
 from tests.conftest import Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
 from tests.fakes.engine import wait_for
-from tests.fakes.runtime import fake_runtime
+from tests.fakes.runtime import fake_runtime, runtime_pid
 from tests.fakes.syslog import PrivateSyslog
 from tests.integration.test_lifecycle import runc_start
 
@@ -94,8 +94,10 @@ def test_stray_signals_before_trio(launcher: Launcher, tmp_path: Path) -> None:
     assert session.wait_p0() == 0, session.p0_stderr
 
     runtime_pid_file = Path(str(rt) + ".pid")
-    wait_for(runtime_pid_file.exists, what="the runtime running")
-    ignored, blocked = sig_masks(Path(f"/proc/{runtime_pid_file.read_text()}/status").read_text())
+    # the file is created, then written: wait for its content, not its existence
+    wait_for(lambda: runtime_pid_file.exists() and runtime_pid_file.read_text() != "",
+             what="the runtime running")
+    ignored, blocked = sig_masks(Path(f"/proc/{runtime_pid(rt)}/status").read_text())
     # (Python itself ignores SIGXFSZ at start-up, in the fake runtime too)
     assert (ignored & STRAY_BITS & ~(1 << (signal.SIGXFSZ - 1)), blocked) == (0, 0)
     monitor = session.monitor_pid
