@@ -41,6 +41,9 @@ from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle  # noq
 CONMON = "/usr/bin/conmon"
 PYENV = dict(os.environ, PYTHONPATH=str(ROOT))  # pymon from this tree, for -m pymon.*
 WARM, COLD_C, COLD_PY, CONMON_NAME = "pymon warm", "pymon cold (C)", "pymon cold (py)", "conmon"
+# A warm launch whose launcher found no server answer within its budget and went cold:
+# counted apart, so that the warm column holds warm monitors only.
+FELL_BACK = "warm, fell back"
 
 
 # --- the server --------------------------------------------------------------------------
@@ -289,7 +292,18 @@ class Run:
                 raise TimeoutError(f"{self.monitor.name} --sync did not exit")
         finally:
             os.close(fd)
+        # Still a zombie: its name tells whether the C launcher stayed itself (warm) or
+        # exec'd the interpreter of the cold path.
+        comm = Path(f"/proc/{self.p0.pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        self.warm = self.monitor.server is not None and comm == os.path.basename(self.monitor.path)[:15]
         self.launcher_cpu = self._reap_launcher()
+
+    @property
+    def variant(self) -> str:
+        """The monitor's name, or FELL_BACK for a warm launch that ran cold."""
+        if self.monitor.server is not None and not self.warm:
+            return FELL_BACK
+        return self.monitor.name
 
     def server_cpu(self) -> float:
         """The server's CPU seconds since this launch began (accept, decode, fork)."""
@@ -445,6 +459,8 @@ class Results:
         self.units[metric] = unit
 
     def table(self, variants: list[str]) -> str:
+        if any(FELL_BACK in per for per in self.values.values()):
+            variants = [*variants[:-1], FELL_BACK, variants[-1]]
         return table(self.values, self.units, variants)
 
 

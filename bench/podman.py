@@ -130,6 +130,9 @@ def main() -> None:
                   "server too slow would still leave a fork behind, so this is an upper bound)")
             if not mons.server.alive():
                 print("WARNING: the server died during the run")
+            refused = [line for line in mons.server.lines if "refused" in line]
+            if refused:
+                print(f"server refusals: {len(refused)}, e.g. {refused[0]}")
         print(res.table(mons.names))
     finally:
         podman.cleanup(base_conf)
