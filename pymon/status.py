@@ -17,7 +17,7 @@ from pymon.logs import K8sFileLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pymon.monitor import Monitor
+    from pymon.monitor.life import Monitor
 
 
 class State(Frozen):
