@@ -21,6 +21,7 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -195,6 +196,10 @@ class Workspace:
         self.rootfs = make_rootfs(self.dir / "rootfs")
         self.spec = runc_spec(self.dir / "spec")
         self.count = 0
+
+    def remove(self) -> None:
+        """Once every container is deleted: the rootfs copy, bundles, launchers, socket."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def bundle(self, args: list[str], binds: dict[str, str] | None = None) -> Path:
         """A bundle running `args`; `binds` maps container paths to host directories."""

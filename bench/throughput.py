@@ -104,6 +104,7 @@ def main() -> None:
         print(res.table(mons.names))
     finally:
         mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":
