@@ -90,7 +90,17 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
     def stop(self) -> None:
+        # By now every monitor has exited; any child left is something the server keeps
+        # (a pre-forked monitor, say) and must go with it, or it outlives the run.
+        kids = self.children()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -98,6 +108,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pid in kids:
+            if ppid_of(pid) == 1:  # orphaned by the server's exit, not reaped by it
+                print(f"warning: pymon-server left process {pid} behind; killing it",
+                      file=sys.stderr)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                wait_gone(pid, 10)
         if self.proc.stderr is not None and not self._reader_alive():
             self.proc.stderr.close()
 
