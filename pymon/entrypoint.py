@@ -71,14 +71,15 @@ def script(python: str, roots: list[str]) -> str:
 
 
 def write(dest: str, python: str | None = None, roots: list[str] | None = None,
-          compile_: bool = True, python_launcher: bool = False) -> None:
+          compile_: bool = True, python_launcher: bool = False,
+          installed_as: str | None = None) -> None:
     python = python or sys.executable
     roots = import_roots() if roots is None else roots
     built = False
     if not python_launcher:
         from pymon.launcher.build import build
 
-        built = build(dest, python, roots)
+        built = build(dest, python, roots, installed_as=installed_as)
         if not built:
             print("pymon: writing the Python launcher script instead of the C launcher",
                   file=sys.stderr)
@@ -110,9 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-compile", action="store_true", help="do not byte-compile pymon")
     ap.add_argument("--python-launcher", action="store_true",
                     help="write the Python script even when a C compiler is available")
+    ap.add_argument("--installed-as", metavar="PATH",
+                    help="the path the entry point will have where it runs, when DEST is in "
+                         "a package's staging directory (default: DEST); a cold monitor's "
+                         "command line names it, for ps and pgrep -f")
     args = ap.parse_args(argv)
     write(args.dest, args.python, args.path, compile_=not args.no_compile,
-          python_launcher=args.python_launcher)
+          python_launcher=args.python_launcher, installed_as=args.installed_as)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,13 @@ def compiler() -> list[str] | None:
 
 
 def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] | None = None,
-          extra_flags: tuple[str, ...] = ()) -> bool:
+          extra_flags: tuple[str, ...] = (), installed_as: str | None = None) -> bool:
     """Compile the launcher to `dest` (atomically, mode 0755) with `python` and `roots`
     for its cold path. False, with the reason on stderr, when there is no compiler or the
     compilation fails. CPPFLAGS, CFLAGS and LDFLAGS from the environment come after ours,
-    so a distribution's build flags (hardening, its own -O) apply and win. `defines` (raw
+    so a distribution's build flags (hardening, its own -O) apply and win. `installed_as`
+    is the path the launcher will have where it runs (default: `dest`), for a package
+    built in a staging directory; the cold monitor's command line names it. `defines` (raw
     C tokens) and `extra_flags` are for tests."""
     # imported here: pymon.entrypoint imports this module only when it builds
     from pymon.cli import VERSION
@@ -57,7 +59,7 @@ def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] |
     if cc is None:
         print("pymon: no C compiler found (sysconfig CC or cc)", file=sys.stderr)
         return False
-    program = bootstrap(roots, os.path.abspath(dest))
+    program = bootstrap(roots, installed_as or os.path.abspath(dest))
     macros = {"PYTHON": c_string(python), "BOOTSTRAP": c_string(program),
               "PYMON_VERSION": c_string(VERSION), **(defines or {})}
     tmp = f"{dest}.{os.getpid()}.tmp"

@@ -29,6 +29,7 @@ import pytest
 from pymon import handover
 from pymon.cli import VERSION
 from pymon.entrypoint import bootstrap, import_roots, write
+from pymon.entrypoint import main as main_entrypoint
 from pymon.launcher import build as build_mod
 from pymon.launcher.build import SOURCE, build, compiler
 from tests.fakes.fake_server import TIMEOUT, FakeServer, Received
@@ -604,6 +605,23 @@ def test_c_string_survives_any_text(tmp_path: Path) -> None:
     done = subprocess.run([dest, "x"], env={"PYMON_SOCKET": ""}, capture_output=True,
                           timeout=TIMEOUT, check=True)
     assert json.loads(done.stdout)["argv"][1:] == ["-IS", "-c", bootstrap(roots, dest), "x"]
+
+
+def test_staged_launcher_names_its_installed_path(tmp_path: Path) -> None:
+    """A package builds the launcher in a staging directory: the cold monitor's command
+    line names the path it is installed at (for ps and pgrep -f), not the build tree."""
+    staged = str(tmp_path / "debian" / "pymon" / "pymon")
+    os.makedirs(os.path.dirname(staged))
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!{sys.executable} -IS\n{FAKE_PYTHON}")
+    fake.chmod(0o755)
+    assert main_entrypoint([staged, "--python", str(fake), "--path", "/r", "--no-compile",
+                            "--installed-as", "/usr/libexec/podman/pymon"]) is None
+    done = subprocess.run([staged], env={"PYMON_SOCKET": ""}, capture_output=True,
+                          timeout=TIMEOUT, check=True)
+    program = json.loads(done.stdout)["argv"][3]
+    assert program == bootstrap(["/r"], "/usr/libexec/podman/pymon")
+    assert program.endswith("  # /usr/libexec/podman/pymon") and str(tmp_path) not in program
 
 
 def test_entrypoint_builds_the_c_launcher_or_the_script(
