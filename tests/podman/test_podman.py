@@ -616,22 +616,25 @@ def test_finished_at_is_when_the_container_exited(podman: Podman) -> None:
 
 @pytest.mark.timeout(60)
 def test_k8s_file_max_size_keeps_newest_lines(podman: Podman) -> None:
-    r = podman.run("--name", "capped", "--log-opt", "max-size=1000", IMAGE,
-                   "seq", "-w", "1", "2013")
-    expected_all = b"".join(b"%04d\n" % i for i in range(1, 2014))
+    # One write per line (the shell's echo), so every read of the pipe ends on a line and
+    # every record is a whole line: seq's 4 KiB stdio writes end mid-line, and whether a
+    # read sees a partial (P) record then depends on timing, which moves the restarts.
+    r = podman.run("--name", "capped", "--log-opt", "max-size=1000", IMAGE, "sh", "-c",
+                   "i=1000; while [ $i -le 3012 ]; do echo $i; i=$((i+1)); done")
+    expected_all = b"".join(b"%04d\n" % i for i in range(1000, 3013))
     assert (r.returncode, r.stdout, r.stderr) == (0, expected_all, b"")
     assert podman.inspect("capped", "{{.HostConfig.LogConfig.Size}}") == "1kB"
     path = Path(podman.inspect("capped", "{{.HostConfig.LogConfig.Path}}"))
     data = path.read_bytes()
     # records are 50 bytes ("<35-char timestamp> stdout F NNNN\n"); before a record that
     # would take the file past 1000 bytes the file is started again (conmon truncates):
-    # 20 records fit, so 2013 lines leave 2001..2013
+    # 20 records fit, so 2013 lines leave the last 13, 3000..3012
     lines = data.split(b"\n")[:-1]
     assert {len(line) + 1 for line in lines} == {50}
     assert len(data) <= 1000
-    assert [c for _, _, _, c in parse_log(data)] == [b"%04d" % i for i in range(2001, 2014)]
+    assert [c for _, _, _, c in parse_log(data)] == [b"%04d" % i for i in range(3000, 3013)]
     r = podman("logs", "capped")
-    newest = b"".join(b"%04d\n" % i for i in range(2001, 2014))
+    newest = b"".join(b"%04d\n" % i for i in range(3000, 3013))
     assert (r.returncode, r.stdout, r.stderr) == (0, newest, b"")
 
 
