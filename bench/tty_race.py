@@ -32,13 +32,20 @@ import termios
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CONMON, pymon_launcher  # noqa: E402
-from tests.podman.conftest import (  # noqa: E402
-    CONTAINERS_CONF, IMAGE, LIMITS, Podman, import_image, unmount_storage)
-from tests.fakes.bundle import make_rootfs  # noqa: E402
+from bench.common import CONMON, pymon_launcher
+from tests.fakes.bundle import make_rootfs
+from tests.podman.conftest import (
+    CONTAINERS_CONF,
+    IMAGE,
+    LIMITS,
+    Podman,
+    import_image,
+    unmount_storage,
+)
 
 ROWS, COLS = 40, 132
 WANT = f"{ROWS} {COLS}\r\n".encode()
@@ -114,12 +121,11 @@ class Load:
         self.n = n
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         if self.n > 0:
             stress = shutil.which("stress")
-            argv = ([stress, "--cpu", str(self.n)] if stress else
-                    [sys.executable, "-c", "import os\nfor _ in range(%d - 1): os.fork()\n"
-                     "while True: pass" % self.n])
+            loops = f"import os\nfor _ in range({self.n} - 1): os.fork()\nwhile True: pass"
+            argv = [stress, "--cpu", str(self.n)] if stress else [sys.executable, "-c", loops]
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
         return self
