@@ -143,6 +143,9 @@ def main() -> int:
     ap.add_argument("--load", type=int, default=os.cpu_count() or 2,
                     help="busy loops (default: one per core; 0 for none)")
     ap.add_argument("--monitors", default="pymon,conmon")
+    ap.add_argument("--monitor", action="append", default=[], metavar="NAME=PATH",
+                    help="another monitor to name in --monitors, e.g. an older pymon's "
+                         "entry point (python -m pymon.entrypoint)")
     ap.add_argument("--json", help="also write every run's result here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -151,7 +154,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ttyr-", dir="/tmp"))  # podman: runroot <= 50 chars
     tar = image_tar(work)
     (work / "bin").mkdir()
-    paths = {"pymon": pymon_launcher(work / "bin"), "conmon": CONMON}
+    paths = {"pymon": pymon_launcher(work / "bin"), "conmon": CONMON,
+             **dict(m.split("=", 1) for m in args.monitor)}
     names = args.monitors.split(",")
     podmans = {name: make_podman(work / name, paths[name], tar) for name in names}
     results: dict[str, list[tuple[str, bytes, float]]] = {name: [] for name in names}
