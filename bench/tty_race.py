@@ -4,8 +4,9 @@ podman 4.3.1 writes the terminal size (`1 ROWS COLS` on the ctl fifo, from a gor
 as it attaches, after it has the container pid and concurrently with its `runc start`. The
 container's first instruction here is `stty size`: it sees the size only if the monitor
 has read ctl and resized the pty by then. Each round runs one container under each
-monitor (alternating which goes first), with busy loops on every core for the whole
-window, and counts the runs whose first instruction saw another size than ours.
+monitor (the variants of bench/common.py: `--mode warm|cold|both`, conmon always; the order
+rotates every round), with busy loops on every core for the whole window, and counts the
+runs whose first instruction saw another size than ours.
 
     .venv/bin/python bench/tty_race.py -n 200            # as root; prints the counts
     .venv/bin/python bench/tty_race.py -n 20 --load 0    # the same on an idle machine
@@ -36,7 +37,7 @@ from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CONMON, pymon_launcher
+from bench.common import Monitor, Monitors, add_mode_argument
 from tests.fakes.bundle import make_rootfs
 from tests.podman.conftest import (
     CONTAINERS_CONF,
@@ -63,10 +64,11 @@ def image_tar(base: Path) -> Path:
     return tar
 
 
-def make_podman(base: Path, monitor: str, tar: Path) -> Podman:
+def make_podman(base: Path, monitor: Monitor, tar: Path) -> Podman:
     base.mkdir()
     conf = base / "containers.conf"
-    conf.write_text(CONTAINERS_CONF.format(entry=monitor))
+    env = ", ".join(f'"{k}={v}"' for k, v in monitor.env.items())  # PYMON_SOCKET
+    conf.write_text(CONTAINERS_CONF.format(entry=monitor.path, env=env))
     podman = Podman(base, conf)
     import_image(podman, tar)
     return podman
@@ -142,10 +144,10 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200, help="runs per monitor")
     ap.add_argument("--load", type=int, default=os.cpu_count() or 2,
                     help="busy loops (default: one per core; 0 for none)")
-    ap.add_argument("--monitors", default="pymon,conmon")
+    add_mode_argument(ap)
     ap.add_argument("--monitor", action="append", default=[], metavar="NAME=PATH",
-                    help="another monitor to name in --monitors, e.g. an older pymon's "
-                         "entry point (python -m pymon.entrypoint)")
+                    help="another monitor to run, e.g. an older pymon's entry point "
+                         "(python -m pymon.entrypoint), with no server")
     ap.add_argument("--json", help="also write every run's result here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -153,19 +155,22 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ttyr-", dir="/tmp"))  # podman: runroot <= 50 chars
     tar = image_tar(work)
-    (work / "bin").mkdir()
-    paths = {"pymon": pymon_launcher(work / "bin"), "conmon": CONMON,
-             **dict(m.split("=", 1) for m in args.monitor)}
-    names = args.monitors.split(",")
-    podmans = {name: make_podman(work / name, paths[name], tar) for name in names}
+    mons = Monitors(args.mode, work, budget_ms=args.budget_ms)
+    nowhere = str(work / "no-server.sock")
+    variants = mons.list + [Monitor(name, path, {"PYMON_SOCKET": nowhere})
+                            for name, path in (m.split("=", 1) for m in args.monitor)]
+    names = [m.name for m in variants]
+    podmans: dict[str, Podman] = {}
     results: dict[str, list[tuple[str, bytes, float]]] = {name: [] for name in names}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the load is stopped
     try:
+        for i, m in enumerate(variants):  # short dirs: podman's runroot <= 50 chars
+            podmans[m.name] = make_podman(work / f"m{i}", m, tar)
         t0 = time.monotonic()
         with Load(args.load):
             for i in range(args.n):
-                order = names if i % 2 == 0 else names[::-1]
-                for name in order:
+                k = i % len(names)  # rotated each round: no variant always first or last
+                for name in names[k:] + names[:k]:
                     out, status, took = run_once(podmans[name])
                     results[name].append((classify(out, status), out, took))
         window = time.monotonic() - t0
@@ -173,14 +178,16 @@ def main() -> int:
         for podman in podmans.values():
             podman.remove_all()
             unmount_storage(podman)
+        mons.close()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"{args.n} runs per monitor, {args.load} busy loops, {window:.0f} s under load")
+    width = max(map(len, names))
     for name in names:
         counts = Counter(kind for kind, _, _ in results[name])
         times = sorted(t for _, _, t in results[name])
         bad = [out for kind, out, _ in results[name] if kind != "ok"]
-        print(f"{name:7s} wrong size {counts['wrong size']:4d}/{args.n}  failed "
+        print(f"{name:{width}s} wrong size {counts['wrong size']:4d}/{args.n}  failed "
               f"{counts['failed']:3d}  median run {times[len(times) // 2]:.2f} s"
               + (f"  e.g. {Counter(bad).most_common(2)}" if bad else ""))
     if args.json:

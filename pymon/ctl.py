@@ -22,8 +22,9 @@ from pymon.diag import log
 MAX_LINE = 199
 MAX_SIZE = 1000  # conmon 2.2+: sizes outside 0..1000 are rejected
 # How long a new terminal-mode container's monitor waits, idle, for the engine's first
-# size before it imports trio (EarlyServer.wait_first_resize). podman 4.3.1 under busy
-# loops on both cores sends it within ~100 ms of the pid message.
+# size before it starts its tasks (cold: before it imports trio; warm: trio is loaded)
+# (EarlyServer.wait_first_resize). podman 4.3.1 under busy loops on both cores sends it
+# within ~100 ms of the pid message.
 FIRST_RESIZE_WAIT = 1.0
 # The early server's nice increment (it needs CAP_SYS_NICE). Every monitor on the host
 # shares one cgroup (podman: <cgroup parent>/conmon), where other pymon monitors start up
@@ -152,8 +153,8 @@ def _tell(fd: int) -> None:
 class EarlyServer:
     """Serves ctl/winsz between the pid message and the monitor's own tasks (terminal
     mode). The engine resizes the pty right after it gets the pid and then starts the
-    container at once; trio's import takes ~100 ms, and a resize waiting that long arrives
-    after the container has looked at its size (conmon's loop is already up).
+    container at once; a cold monitor's trio import takes ~100 ms, and a resize waiting that
+    long arrives after the container has looked at its size (conmon's loop is already up).
 
     A forked process, not a thread: the main thread's import holds the GIL, and a thread
     lost this race now and then under load. The child holds only the fifos' read ends and
@@ -204,12 +205,14 @@ class EarlyServer:
         """Block, idle, until a size has been applied to the pty, the container has written
         to it or exited, or `timeout` seconds have passed.
 
-        Called right after the pid message of a new container, before the monitor imports
-        trio. The engine starts the container at once and sends the size (`podman run -it`:
-        from a goroutine, concurrently with `runc start`); the child must apply it before
-        the container's first instruction. The import is ~100 ms of CPU in the child's own
+        Called right after the pid message of a new container, before the monitor starts
+        its tasks (cold: before it imports trio), in both modes. The engine starts the
+        container at once and sends the size (`podman run -it`: from a goroutine,
+        concurrently with `runc start`); the child must apply it before the container's
+        first instruction. A cold monitor's import is ~100 ms of CPU in the child's own
         cgroup: run then, under load, it kept the child from being scheduled in time
-        (bench/tty_race.py). conmon is idle there.
+        (bench/tty_race.py); a warm monitor has trio loaded, but starting its tasks is CPU
+        there too. conmon is idle there.
 
         Once the container has written or exited, its first instruction is past and the race
         decided either way. The timeout bounds the wait when no size comes (no terminal on

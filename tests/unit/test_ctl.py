@@ -22,7 +22,7 @@ from pymon.ctl import (
     parse_ctl,
     parse_winsz,
 )
-from pymon.launch import make_fifo, take_console
+from pymon.monitor.setup import Undo, make_fifo, take_console
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -83,8 +83,8 @@ class Pty:
 
     def __init__(self, tmp_path: Path) -> None:
         self.master, self.slave = os.openpty()
-        self.ctl = make_fifo(str(tmp_path / "ctl"))
-        self.winsz = make_fifo(str(tmp_path / "winsz"))
+        self.ctl = make_fifo(str(tmp_path / "ctl"), Undo())  # tmp_path goes with the test
+        self.winsz = make_fifo(str(tmp_path / "winsz"), Undo())
         self.control = Control(None, lambda: None)
         self.server: EarlyServer | None = None
 
