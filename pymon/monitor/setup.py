@@ -250,6 +250,8 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo) -> int:
     import time
 
     pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
+    if early_ctl is not None and not opts.exec and opts.restore is None:
+        early_ctl.wait_first_resize(result)  # the engine starts C now: stay off the CPU
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,

@@ -423,23 +423,41 @@ def test_run_tty_interactive_shell(podman: Podman, monitors: Monitors) -> None:
 
 @pytest.mark.timeout(120)
 def test_run_tty_has_our_size_from_the_start(podman: Podman) -> None:
-    """podman writes the size (`1 40 132` on ctl) as it attaches, right after it gets the
-    pid and before `runc start`; the container's first command must already see it. It is a
-    race the monitor has to win by serving ctl at once: Debian's conmon 2.1.6 won it 30 times
-    out of 30, so it is run 20 times here."""
-    transcripts = []
-    for _ in range(20):
+    """The container's first instruction sees our size, or none: never another one.
+
+    podman 4.3.1 writes the size (`1 40 132` on ctl) from a goroutine as it attaches,
+    concurrently with its `runc start`. The monitor applies it as soon as it is scheduled
+    (ARCHITECTURE.md, invariant 19), but nothing orders podman's write before the
+    container's first instruction, so on a busy machine the container may still find the
+    pty's initial 0x0: conmon too (bench/tty_race.py counts both under load). What is
+    guaranteed, and asserted: the first answer is our size or 0x0 (the monitor sets no
+    size of its own), the size does arrive (each question below waits for its answer),
+    and the session ends as the container decides."""
+    answer = re.compile(rb"(?:^|\r\n)(\d+ \d+|stty: standard input)\r\n")
+    lost = 0
+    for _ in range(10):
         pty = Pty(podman, "run", "-it", "--rm", *LIMITS, IMAGE,
-                  "sh", "-c", 'stty size; read x; echo "got:$x"; exit 4', rows=40, cols=132)
+                  "sh", "-c", "stty size; while read x; do stty size; done; exit 4",
+                  rows=40, cols=132)
         try:
             pty.wait_raw()
             pty.read_until(b"\r\n")
-            pty.write(b"hello\n")
-            transcripts.append((pty.read_to_eof(), pty.wait()))
+            first = answer.match(pty.buf)
+            assert first, bytes(pty.buf)
+            assert first.group(1) in (b"40 132", b"stty: standard input")
+            size = first.group(1)
+            lost += size != b"40 132"
+            deadline = time.monotonic() + 10
+            while size != b"40 132":  # the race was lost: the size must still come
+                size = pty.ask(b"\n", answer)
+                assert size in (b"40 132", b"stty: standard input"), size
+                assert time.monotonic() < deadline, "the size never arrived"
+            pty.write(b"\x04")  # ^D: EOF for the container's read (its tty is cooked)
+            pty.read_to_eof()
+            assert pty.wait() == 4
         finally:
             pty.close()
-    good = (b"40 132\r\nhello\r\ngot:hello\r\n", 4)
-    assert [t for t in transcripts if t != good] == []
+    print(f"{lost} of 10 first instructions ran before the size was applied")
 
 
 @pytest.mark.timeout(60)
