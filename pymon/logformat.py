@@ -75,3 +75,14 @@ def records(chunk: bytes, stream: bytes, ts: bytes) -> list[bytes]:
         out.append(full + chunk[start:nl + 1])
         start = nl + 1
     return out
+
+
+def torn_tail(tail: bytes, at_start: bool) -> int | None:
+    """How many bytes at the end of a k8s log are a record cut short (a monitor killed in
+    the middle of its write): the bytes after the last newline in `tail`, the file's last
+    bytes. None when `tail` has no newline and does not reach back to the file's start
+    (`at_start`): read further back."""
+    cut = tail.rfind(b"\n")
+    if cut < 0:
+        return len(tail) if at_start else None
+    return len(tail) - cut - 1

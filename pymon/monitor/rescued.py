@@ -1,0 +1,166 @@
+"""The replacement monitor: forked by pymon-server when a warm monitor died before recording
+its container's exit (pymon/server/rescue.py). It finishes the dead monitor's work with what
+the server kept: the container's output pipes (dups), the launcher's request (argv,
+environment, cwd, limits) and the container's wait status, which the server reaps (the
+container was re-parented to it) and writes to `status_fd`.
+
+    mirror the launcher again (environment, cwd, limits, signals), rebuild the config from
+    argv, join the dead monitor's cgroups, cut a record the monitor was killed in the
+    middle of, reopen the log (append; its size counts toward the cap)
+    trio: relay the pipes into the log until the container has exited, then drain
+    fsync, exit files (persist-dir, then exit-dir), conmon pidfile, attach socket removed,
+    exit command
+
+Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
+it), the ctl/winsz fifos' reader (the engine's writes there fail), the OOM watch, -T, and
+the one chunk of output the monitor had read and not yet written.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from pymon import procattrs
+from pymon.cli import parse_args
+from pymon.config import Config, build_config
+from pymon.diag import log
+from pymon.exitfile import exit_status, run_exit_command, write_atomic, write_exit_files
+from pymon.logformat import STDERR, STDOUT
+from pymon.logs import Sinks, cut_torn_record, open_k8s_file
+from pymon.monitor.life import make_sinks, wait_for_eof
+from pymon.server import cgroups, rescuewire, twin
+from pymon.server.rescue import STATUS_SIZE, Job, describe
+from pymon.server.wire import MASK64
+from pymon.sockets import attach_symlink_base
+from pymon.stdio import Relay, pump
+
+
+def run(job: Job, mounts: list[cgroups.Mount]) -> int:
+    """The replacement's whole life; returns its exit status."""
+    req = job.req
+    twin._signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
+    keep = {fd for _, fd in job.fds} | ({job.status_fd} if job.status_fd is not None else set())
+    procattrs.close_fds_except(keep)  # the server's: listener, channels, other containers'
+    _null_stdio(0, 1)  # stderr stays the server's until the exit command: diagnostics
+    log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
+    problem = twin._process_state(req)
+    os.setsid()
+    parsed = parse_args([os.fsdecode(a) for a in req.argv[1:]])
+    if isinstance(parsed, str):  # --help: the monitor could not have registered
+        return 1
+    config = build_config(parsed, os.fsdecode(req.cwd))
+    opts = config.opts
+    log.configure(config.log_level, opts.syslog, config.cid, opts.log_tag)
+    log.warning("monitor %d %s before recording the exit of container pid %d; replacement "
+                "monitor %d continues its log and records its exit", job.monitor_pid,
+                describe(job.monitor_status), job.container_pid, os.getpid())
+    if problem is not None:
+        log.warning("replacement monitor: %s", problem)
+    if job.cgroups is not None:
+        try:
+            cgroups.join_listed(job.cgroups, mounts)
+        except OSError as e:  # its cgroup may be gone with it: stay in the server's
+            log.warning("replacement monitor stays in the server's cgroups: %s",
+                        e.strerror or e)
+    oom = procattrs.lower_oom_score_adj()  # the launcher's value, handed back to X
+    if opts.conmon_pidfile:
+        try:  # the monitor of this container is now this process
+            write_atomic(opts.conmon_pidfile, str(os.getpid()))
+        except OSError as e:
+            log.warning("failed to write conmon pidfile: %s", e.strerror)
+    sinks = Sinks(make_sinks(config, _reopen_log(config)))
+    roles = dict(job.fds)
+    relays = [Relay(fd, stream, sinks) for fd, stream in (
+        (roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
+        (roles.get(rescuewire.STDERR), STDERR)) if fd is not None]
+    code = trio.run(_life, relays, job)
+    for relay in relays:
+        relay.drain()
+        relay.close()
+    stdin = roles.get(rescuewire.STDIN)
+    if stdin is not None:
+        os.close(stdin)
+    sinks.finish(sync=not opts.no_sync_log)
+    sinks.close()
+    try:
+        write_exit_files(opts.exit_dir, opts.persist_dir, config.cid, code)
+    except OSError as e:
+        log.error("Failed to write %d to exit file: %s", code, e)
+    log.warning("replacement monitor %d recorded exit code %d of container pid %d",
+                os.getpid(), code, job.container_pid)
+    _remove_attach_socket(config)
+    _null_stdio(2)
+    if opts.exit_command:
+        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom)
+    return 0
+
+
+def _reopen_log(config: Config) -> int | None:
+    path = config.logs.k8s_path
+    if path is None or config.logs.passthrough:
+        return None
+    torn = cut_torn_record(path)
+    if torn:
+        log.warning("removed %d bytes of a log record cut short by the monitor's death", torn)
+    try:
+        return open_k8s_file(path)
+    except OSError as e:
+        log.error("replacement monitor cannot open log file %s: %s", path, e.strerror)
+        return None
+
+
+async def _life(relays: list[Relay], job: Job) -> int:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, relays)
+        code = job.code if job.code is not None else await _container_exit(job)
+        await wait_for_eof(relays)
+        nursery.cancel_scope.cancel()
+    return code
+
+
+async def _container_exit(job: Job) -> int:
+    """The container's exit code: its wait status comes from the server, which reaps it."""
+    assert job.status_fd is not None
+    await trio.lowlevel.wait_readable(job.status_fd)
+    data = os.read(job.status_fd, STATUS_SIZE)
+    os.close(job.status_fd)
+    if len(data) == STATUS_SIZE:
+        return exit_status(int.from_bytes(data, "big", signed=True))
+    # The server is gone (stopped, killed): the container is init's now, its status lost
+    log.error("the server stopped before container pid %d exited: its exit code is lost",
+              job.container_pid)
+    try:
+        pidfd = os.pidfd_open(job.container_pid)
+    except ProcessLookupError:
+        return -1
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return -1
+
+
+def _remove_attach_socket(config: Config) -> None:
+    """The dead monitor's attach socket (and its symlink), as the monitor removes them."""
+    if config.bundle is None or config.logs.passthrough:
+        return
+    opts = config.opts
+    paths = [os.path.join(config.bundle, "attach")]
+    if not opts.full_attach:
+        paths.append(attach_symlink_base(opts.socket_dir_path, opts.cuuid or ""))
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _null_stdio(*targets: int) -> None:
+    fd = os.open("/dev/null", os.O_RDWR)
+    for target in targets:
+        if fd != target:
+            os.dup2(fd, target)
+    if fd not in targets:
+        os.close(fd)

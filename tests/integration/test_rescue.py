@@ -1,0 +1,173 @@
+"""A warm monitor killed (SIGKILL, as the OOM killer does) while its container runs: the
+server, its parent and a subreaper, forks a replacement that keeps relaying the container's
+pipes into the log, reaps it (through the server), writes the exit files and runs the exit
+command. Real runc; each test runs its own server so that its log can be read."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Bundles, Launcher, ppid
+from tests.fakes.engine import wait_for
+from tests.fakes.server import WarmServer
+from tests.integration.test_lifecycle import runc_start
+
+pytestmark = pytest.mark.timeout(120)
+
+RECORD = re.compile(rb"(\S+) (stdout|stderr) ([FP]) (.*)")
+LINES = 1500  # at ~2-3 ms each: the container runs for a few seconds
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[WarmServer]:
+    s = WarmServer(tmp_path / "srv" / "server.sock")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def warm(tmp_path: Path, server: WarmServer) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path, server)
+    yield launcher
+    launcher.cleanup()
+
+
+def exit_probe(tmp_path: Path) -> tuple[list[str], Path]:
+    """An exit command that records the exit file it finds and its arguments."""
+    probe = tmp_path / "exit-command-ran"
+    script = tmp_path / "exit-cmd.sh"
+    script.write_text(f'#!/bin/sh\n{{ cat "$1"/*; printf " [%s]" "$@"; }} > {probe}.tmp\n'
+                      f'mv {probe}.tmp {probe}\n')
+    script.chmod(0o755)
+    return [str(script)], probe
+
+
+def parse_log(path: Path) -> list[tuple[float, bytes, bytes]]:
+    """Every record as (time, stream, full line); fails on any malformed line."""
+    out = []
+    partial = b""
+    for line in path.read_bytes().split(b"\n")[:-1]:
+        m = RECORD.fullmatch(line)
+        assert m, f"malformed record {line!r}"
+        ts = m.group(1).decode()
+        when = datetime.datetime.fromisoformat(ts[:26] + ts[-6:]).timestamp()
+        partial += m.group(4)
+        if m.group(3) == b"F":
+            out.append((when, m.group(2), partial))
+            partial = b""
+    assert partial == b"", "the log ends in a partial line"
+    assert path.read_bytes().endswith(b"\n")
+    return out
+
+
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_killed_monitor_is_replaced_and_nothing_is_lost(bundles: Bundles, warm: Launcher,
+                                                        server: WarmServer,
+                                                        tmp_path: Path) -> None:
+    """SIGKILL the monitor while the container writes a numbered line every ~2 ms: every
+    line is in the log, in order, every record well formed; the exit file has the
+    container's own code; the exit command ran after it."""
+    bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; "
+                                       "echo err-$i >&2; i=$((i+1)); sleep 0.002; done; exit 7"])
+    command, probe = exit_probe(tmp_path)
+    session, paths = warm.create_ok(bundle, exit_command=[*command, str(bundle / "exits")])
+    monitor = session.monitor_pid
+    runc_start(paths.cid)
+    wait_for(lambda: b"line-100\n" in paths.log.read_bytes(), what="line 100 in the log")
+    killed_at = time.time()
+    os.kill(monitor, signal.SIGKILL)
+    log = server.wait_for(b"takes over")
+    assert f"monitor {monitor} of container {paths.cid} killed by signal 9".encode() in log, log
+    # the conmon pidfile names the replacement, the server's child, once it has started
+    wait_for(lambda: session.monitor_pid != monitor, what="the conmon pidfile's update")
+    assert ppid(session.monitor_pid) == server.pid
+    wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
+    recorded_at = time.time()
+    assert paths.exit_file.read_bytes() == b"7"
+    wait_for(probe.exists, what="the exit command")
+    assert probe.read_text() == f"7 [{bundle / 'exits'}]"
+    session.wait_monitor()
+
+    records = parse_log(paths.log)
+    for stream, name in ((b"stdout", b"line"), (b"stderr", b"err")):
+        got = [text for _, s, text in records if s == stream]
+        assert got == [b"%s-%d" % (name, i) for i in range(LINES)], \
+            f"{stream!r}: {len(got)} lines, first differences at " \
+            f"{next((i for i, t in enumerate(got) if t != b'%s-%d' % (name, i)), None)}"
+    # The bound: how long nobody relayed (the largest gap between records, which the
+    # container spaces ~2 ms apart) and from the last record to the exit file
+    times = [t for t, _, _ in records]
+    gap = max(b - a for a, b in zip(times, times[1:]))
+    resumed = min(t for t in times if t > killed_at)
+    print(f"\nkilled -> relaying again: {resumed - killed_at:.3f} s (largest gap "
+          f"between records {gap:.3f} s); last record -> exit file seen: "
+          f"{recorded_at - times[-1]:.3f} s")
+    assert resumed - killed_at < 2.0
+    assert b"replacement monitor" in server.wait_for(b"recorded exit code 7")
+    assert b"rescued" not in server.log.split(b"takes over")[0]
+
+
+def state_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_killed_after_the_container_exited(bundles: Bundles, warm: Launcher,
+                                           server: WarmServer) -> None:
+    """The container writes and exits while its monitor is stopped (so its output is
+    still in the pipes and its status unreaped), then the monitor is killed: the zombie
+    goes to the server, which reaps it; the replacement relays what waited in the pipes
+    and records the container's code."""
+    bundle = bundles.make(["sh", "-c", "seq 1 5000; seq 1 100 >&2; exit 5"])
+    session, paths = warm.create_ok(bundle)
+    monitor = session.monitor_pid
+    container = int(paths.pidfile.read_text())
+    os.kill(monitor, signal.SIGSTOP)
+    try:
+        runc_start(paths.cid)
+        wait_for(lambda: state_of(container) == "Z", what="the container to exit")
+    finally:
+        os.kill(monitor, signal.SIGKILL)
+    log = server.wait_for(b"takes over")
+    assert b"exit code 5)" in log or b"still running)" in log, log
+    wait_for(paths.exit_file.exists, timeout=30, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"5"
+    session.wait_monitor()
+    records = parse_log(paths.log)
+    assert [t for _, s, t in records if s == b"stdout"] == [b"%d" % i for i in range(1, 5001)]
+    assert [t for _, s, t in records if s == b"stderr"] == [b"%d" % i for i in range(1, 101)]
+
+
+def test_no_rescue_when_the_monitor_finishes(bundles: Bundles, warm: Launcher,
+                                             server: WarmServer, tmp_path: Path) -> None:
+    """A monitor that finishes normally: no replacement, and the server holds nothing of
+    it afterwards (its channel and pipe dups are closed)."""
+    baseline = fds_of(server.pid)
+    command, probe = exit_probe(tmp_path)
+    bundle = bundles.make(["sh", "-c", "echo one; echo two >&2; exit 3"])
+    session, paths = warm.create_ok(bundle, exit_command=[*command, str(bundle / "exits")])
+    monitor = session.monitor_pid
+    assert fds_of(server.pid) > baseline  # the channel, and soon the dups
+    runc_start(paths.cid)
+    session.wait_monitor()
+    assert paths.exit_file.read_bytes() == b"3"
+    assert probe.read_text() == f"3 [{bundle / 'exits'}]"
+    wait_for(lambda: fds_of(server.pid) == baseline, what="the server to drop its fds")
+    assert session.monitor_pid == monitor
+    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    log = server.wait_for(b"stopped")
+    assert b"takes over" not in log
+    assert b", 0 containers rescued" in log
