@@ -171,3 +171,25 @@ def test_no_rescue_when_the_monitor_finishes(bundles: Bundles, warm: Launcher,
     log = server.wait_for(b"stopped")
     assert b"takes over" not in log
     assert b", 0 containers rescued" in log
+
+
+def test_killed_monitor_of_a_tty_container(bundles: Bundles, warm: Launcher,
+                                           server: WarmServer) -> None:
+    """Terminal mode: the server holds a dup of the pty master, and the replacement
+    relays from it."""
+    lines = 800
+    bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {lines} ]; do echo line-$i; "
+                                       "i=$((i+1)); sleep 0.002; done; exit 4"], tty=True)
+    session, paths = warm.create_ok(bundle, "-t")
+    monitor = session.monitor_pid
+    runc_start(paths.cid)
+    wait_for(lambda: b"line-100\r\n" in paths.log.read_bytes(), what="line 100 in the log")
+    os.kill(monitor, signal.SIGKILL)
+    server.wait_for(b"takes over")
+    wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"4"
+    wait_for(lambda: session.monitor_pid != monitor, what="the conmon pidfile's update")
+    session.wait_monitor()
+    got = [text for _, s, text in parse_log(paths.log) if s == b"stdout"]
+    assert got == [b"line-%d\r" % i for i in range(lines)]
+    assert not (bundle / "attach").exists()  # the dead monitor's socket is removed
