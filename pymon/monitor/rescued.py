@@ -12,8 +12,9 @@ container was re-parented to it) and writes to `status_fd`.
     exit command
 
 Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
-it), the ctl/winsz fifos' reader (the engine's writes there fail), the OOM watch, -T, and
-the one chunk of output the monitor had read and not yet written.
+it), the container's stdin (its pipe's only writer was the monitor: the container sees
+EOF), the ctl/winsz fifos' reader, the OOM watch, -T, and the one chunk of output the
+monitor had read and not yet written.
 """
 
 from __future__ import annotations
@@ -79,9 +80,6 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     for relay in relays:
         relay.drain()
         relay.close()
-    stdin = roles.get(rescuewire.STDIN)
-    if stdin is not None:
-        os.close(stdin)
     sinks.finish(sync=not opts.no_sync_log)
     sinks.close()
     try:

@@ -266,8 +266,10 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo,
     if launched.lifeline is not None:  # exec sessions are not rescued
         from pymon.server import rescuewire as rw
 
+        # Not stdin's write end: a dup held elsewhere would keep the container from ever
+        # seeing the EOF the monitor gives it by closing its end
         launched.lifeline.register(result, [(rw.TTY, master)] if master is not None else [
-            (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r), (rw.STDIN, stdin_w)])
+            (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r)])
     from pymon.monitor import life  # imports trio (cold): only now that the engine has the pid
 
     code = life.run(launched)

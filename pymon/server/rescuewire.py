@@ -4,7 +4,7 @@ can finish its work if the monitor is killed (pymon/server/rescue.py).
 One SOCK_SEQPACKET socketpair per warm monitor; the monitor sends, the server reads:
 
     REGISTER  container pid, one role letter per fd; SCM_RIGHTS: dups of the container's
-              output read ends (and stdin's write end, or the pty master), in role order.
+              output read ends (or of the pty master), in role order.
               Sent once the engine has the pid.
     EXITED    the container's exit code as it goes into the exit file: sent the moment the
               monitor has reaped it, so that a monitor killed while draining loses no code.
@@ -26,11 +26,10 @@ DONE = 0x44  # "D"
 # fd roles in a REGISTER message
 STDOUT = "o"  # the container's stdout pipe, read end
 STDERR = "e"  # the container's stderr pipe, read end
-STDIN = "i"  # the container's stdin pipe, write end (held so stdin sees no early EOF)
-TTY = "t"  # the pty master: output and input
-ROLES = frozenset((STDOUT, STDERR, STDIN, TTY))
+TTY = "t"  # the pty master
+ROLES = frozenset((STDOUT, STDERR, TTY))
 MAX_MESSAGE = 64
-MAX_FDS = 4
+MAX_FDS = 3
 
 
 class Registered(Frozen):

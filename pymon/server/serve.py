@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import os
+import resource
 import select
 import signal
 import socket
@@ -77,6 +78,14 @@ class Server:
         except OSError as e:
             self.rescuer.enabled = False
             say(f"not a subreaper ({e.strerror}): killed monitors will not be rescued")
+        try:
+            # A channel and up to two pipe dups per running warm monitor: the default soft
+            # limit (1024) would cap the server near 250 containers. Forked monitors and
+            # replacements take the launcher's limits again (twin._process_state).
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            say(f"cannot raise the open file limit: {e}")
         poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)

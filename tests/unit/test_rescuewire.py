@@ -14,8 +14,8 @@ from pymon.server import rescuewire as rw
 
 
 def test_register_roundtrip() -> None:
-    msg = rw.decode(rw.encode_register(4242, "oei"), 3)
-    assert msg == rw.Registered(4242, "oei")
+    msg = rw.decode(rw.encode_register(4242, "oe"), 2)
+    assert msg == rw.Registered(4242, "oe")
     assert rw.decode(rw.encode_register(7, "t"), 1) == rw.Registered(7, "t")
     assert rw.decode(rw.encode_register(7, ""), 0) == rw.Registered(7, "")  # passthrough
 
