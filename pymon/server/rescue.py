@@ -85,10 +85,11 @@ STATUS_SIZE = 8  # the container's wait status, server -> replacement, signed bi
 
 class Rescuer:
     def __init__(self, poller: select.poll, mounts: list[cgroups.Mount],
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], debug: Callable[[str], None]) -> None:
         self.poller = poller
         self.mounts = mounts
-        self.say = say  # the server's diagnostic writer
+        self.say = say  # the server's diagnostics
+        self.debug = debug  # the same, with --verbose only
         self.enabled = True  # False when the server could not become a subreaper
         self.watches: dict[int, Watch] = {}  # monitor pid -> its watch
         self.channels: dict[int, Watch] = {}  # channel fd -> watch, while open
@@ -164,6 +165,8 @@ class Rescuer:
             w.registered = msg
             w.fds = list(zip(msg.roles, fds))
             self.containers[msg.container_pid] = w
+            self.debug(f"monitor {w.monitor_pid} registered container pid "
+                       f"{msg.container_pid} ({len(fds)} fds)")
             try:
                 with open(f"/proc/{w.monitor_pid}/cgroup") as f:
                     w.cgroups = f.read()
@@ -199,6 +202,9 @@ class Rescuer:
             self._close_channel(w)
             if w.registered is not None and not w.done:
                 self._rescue(w, status)
+            elif not w.done and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                self.debug(f"monitor {pid} {describe(status)} before it registered a "
+                           "container: nothing to rescue")
             w.close_fds()
             return
         if pid in self.replacements:

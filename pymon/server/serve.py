@@ -56,7 +56,7 @@ class Server:
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller = select.poll()
-        self.rescuer = Rescuer(self.poller, self.mounts, say)
+        self.rescuer = Rescuer(self.poller, self.mounts, say, self.debug)
 
     def debug(self, text: str) -> None:
         if self.verbose:

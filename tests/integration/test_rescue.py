@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Bundles, Launcher, ppid
-from tests.fakes.engine import wait_for
+from tests.fakes.engine import sigkill_when_idle, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -77,7 +77,10 @@ def test_killed_monitor_is_replaced_and_nothing_is_lost(bundles: Bundles, warm: 
                                                         tmp_path: Path) -> None:
     """SIGKILL the monitor while the container writes a numbered line every ~2 ms: every
     line is in the log, in order, every record well formed; the exit file has the
-    container's own code; the exit command ran after it."""
+    container's own code; the exit command ran after it. The kill lands while the monitor
+    waits for output: a chunk it has read and not yet written dies with it (a window of
+    microseconds per chunk that no monitor can close), and a kill timed by the log's
+    growth would hit it far more often than chance."""
     bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; "
                                        "echo err-$i >&2; i=$((i+1)); sleep 0.002; done; exit 7"])
     command, probe = exit_probe(tmp_path)
@@ -86,7 +89,7 @@ def test_killed_monitor_is_replaced_and_nothing_is_lost(bundles: Bundles, warm: 
     runc_start(paths.cid)
     wait_for(lambda: b"line-100\n" in paths.log.read_bytes(), what="line 100 in the log")
     killed_at = time.time()
-    os.kill(monitor, signal.SIGKILL)
+    sigkill_when_idle(monitor)
     log = server.wait_for(b"takes over")
     assert f"monitor {monitor} of container {paths.cid} killed by signal 9".encode() in log, log
     # the conmon pidfile names the replacement, the server's child, once it has started
@@ -135,6 +138,8 @@ def test_killed_after_the_container_exited(bundles: Bundles, warm: Launcher,
     session, paths = warm.create_ok(bundle)
     monitor = session.monitor_pid
     container = int(paths.pidfile.read_text())
+    # the registration follows the pid message: a monitor stopped before it is not rescued
+    server.wait_for(f"monitor {monitor} registered container pid {container}".encode())
     os.kill(monitor, signal.SIGSTOP)
     try:
         runc_start(paths.cid)
@@ -184,7 +189,7 @@ def test_killed_monitor_of_a_tty_container(bundles: Bundles, warm: Launcher,
     monitor = session.monitor_pid
     runc_start(paths.cid)
     wait_for(lambda: b"line-100\r\n" in paths.log.read_bytes(), what="line 100 in the log")
-    os.kill(monitor, signal.SIGKILL)
+    sigkill_when_idle(monitor)
     server.wait_for(b"takes over")
     wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
     assert paths.exit_file.read_bytes() == b"4"

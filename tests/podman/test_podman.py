@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import RUNC
-from tests.fakes.engine import wait_pid_gone
+from tests.fakes.engine import sigkill_when_idle, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
 from tests.podman.conftest import (_ppid, IMAGE, LIMITS, Monitors, Podman, podman_available,
                                    runc_leftovers)
@@ -879,7 +879,7 @@ def test_killed_monitor_is_rescued(podman: Podman, monitors: Monitors) -> None:
                        "sleep 0.002; done; exit 7")
     podman.wait_logs("orphaned", b"line-100\n")
     monitor = assert_pymon_monitors(podman, monitors, cid)
-    os.kill(monitor, signal.SIGKILL)
+    sigkill_when_idle(monitor)  # not between reading a chunk and writing it
     monitors.server.wait_for(b"takes over")
     assert podman.ok("wait", "orphaned", timeout=60) == b"7\n"
     r = podman("logs", "orphaned")
