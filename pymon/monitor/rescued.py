@@ -5,16 +5,18 @@ environment, cwd, limits) and the container's wait status, which the server reap
 container was re-parented to it) and writes to `status_fd`.
 
     mirror the launcher again (environment, cwd, limits, signals), rebuild the config from
-    argv, join the dead monitor's cgroups, cut a record the monitor was killed in the
-    middle of, reopen the log (append; its size counts toward the cap)
-    trio: relay the pipes into the log until the container has exited, then drain
-    fsync, exit files (persist-dir, then exit-dir), conmon pidfile, attach socket removed,
-    exit command
+    argv, join the dead monitor's cgroups, write our pid to the conmon pidfile, watch the
+    container's memory cgroup, cut a record the monitor was killed in the middle of,
+    reopen the log (append; its size counts toward the cap)
+    trio: relay the pipes into the log and watch for OOM kills until the container has
+    exited, then drain
+    oom files, fsync, exit files (persist-dir, then exit-dir), attach socket removed, exit
+    command
 
 Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
 it), the container's stdin (its pipe's only writer was the monitor: the container sees
-EOF), the ctl/winsz fifos' reader, the OOM watch, -T, and the one chunk of output the
-monitor had read and not yet written.
+EOF), the ctl/winsz fifos' reader, -T, and the one chunk of output the monitor had read
+and not yet written.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pymon.exitfile import exit_status, run_exit_command, write_atomic, write_ex
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import Sinks, cut_torn_record, open_k8s_file
 from pymon.monitor.life import make_sinks, wait_for_eof
+from pymon.oom import OomWatcher
 from pymon.server import cgroups, rescuewire, twin
 from pymon.server.rescue import STATUS_SIZE, Job, describe
 from pymon.server.wire import MASK64
@@ -71,15 +74,23 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
             write_atomic(opts.conmon_pidfile, str(os.getpid()))
         except OSError as e:
             log.warning("failed to write conmon pidfile: %s", e.strerror)
+    # The container's memory cgroup, watched as the monitor did. "fresh": every OOM kill
+    # it counted is this container's, one the dead monitor saw (or missed) included. A
+    # container already reaped is looked up by the bundle's cgroupsPath, not by its pid,
+    # which may name another process by now.
+    oom_watch = OomWatcher.for_pid(job.container_pid if job.status_fd is not None else -1,
+                                   config.bundle, opts.persist_dir, fresh=True)
     sinks = Sinks(make_sinks(config, _reopen_log(config)))
     roles = dict(job.fds)
     relays = [Relay(fd, stream, sinks) for fd, stream in (
         (roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
         (roles.get(rescuewire.STDERR), STDERR)) if fd is not None]
-    code = trio.run(_life, relays, job)
+    code = trio.run(_life, relays, job, oom_watch)
     for relay in relays:
         relay.drain()
         relay.close()
+    oom_watch.check()  # the oom files precede the exit files
+    oom_watch.close()
     sinks.finish(sync=not opts.no_sync_log)
     sinks.close()
     try:
@@ -109,9 +120,10 @@ def _reopen_log(config: Config) -> int | None:
         return None
 
 
-async def _life(relays: list[Relay], job: Job) -> int:
+async def _life(relays: list[Relay], job: Job, oom_watch: OomWatcher) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, relays)
+        nursery.start_soon(oom_watch.run)
         code = job.code if job.code is not None else await _container_exit(job)
         await wait_for_eof(relays)
         nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pymon.oom import is_cgroup2
 from tests.conftest import Bundles, Launcher, ppid
 from tests.fakes.engine import sigkill_when_idle, wait_for
 from tests.fakes.server import WarmServer
@@ -198,3 +199,31 @@ def test_killed_monitor_of_a_tty_container(bundles: Bundles, warm: Launcher,
     got = [text for _, s, text in parse_log(paths.log) if s == b"stdout"]
     assert got == [b"line-%d\r" % i for i in range(lines)]
     assert not (bundle / "attach").exists()  # the dead monitor's socket is removed
+
+
+def test_oom_kill_after_the_rescue_is_recorded(bundles: Bundles, warm: Launcher,
+                                               server: WarmServer, tmp_path: Path) -> None:
+    """The replacement watches the container's memory cgroup as the monitor did: an OOM
+    kill after the rescue leaves the oom files before the exit files. The trigger is the
+    rescue itself: the monitor held the only writer of the container's stdin, so its
+    death is the EOF the container waits for before it fills its memory."""
+    if is_cgroup2():
+        pytest.skip("this host's /sys/fs/cgroup is cgroup v2; its memory controller is not "
+                    "available here")
+    bundle = bundles.make(["sh", "-c", "echo start; read x; tail /dev/zero"],
+                          memory_limit=16 << 20)
+    persist = tmp_path / "persist"
+    persist.mkdir()
+    session, paths = warm.create_ok(bundle, "-i", "--persist-dir", str(persist))
+    monitor = session.monitor_pid
+    container = int(paths.pidfile.read_text())
+    runc_start(paths.cid)
+    server.wait_for(f"monitor {monitor} registered container pid {container}".encode())
+    wait_for(lambda: b"start\n" in paths.log.read_bytes(), what="the first line")
+    sigkill_when_idle(monitor)
+    wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
+    assert paths.exit_file.read_text() == "137"
+    assert (bundle / "oom").exists() and (persist / "oom").exists()
+    assert (persist / "exit").read_text() == "137"
+    wait_for(lambda: session.monitor_pid != monitor, what="the conmon pidfile's update")
+    session.wait_monitor()
