@@ -33,6 +33,7 @@ from pymon.exitfile import exit_status, run_exit_command, write_atomic, write_ex
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import Sinks, cut_torn_record, open_k8s_file
 from pymon.monitor.life import make_sinks, wait_for_eof
+from pymon.monitor.lifeline import Lifeline
 from pymon.oom import OomWatcher
 from pymon.server import cgroups, rescuewire, twin
 from pymon.server.rescue import STATUS_SIZE, Job, describe
@@ -45,7 +46,8 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     """The replacement's whole life; returns its exit status."""
     req = job.req
     twin._signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
-    keep = {fd for _, fd in job.fds} | ({job.status_fd} if job.status_fd is not None else set())
+    keep = {fd for _, fd in job.fds} | {fd for fd in (job.status_fd, job.channel)
+                                         if fd is not None}
     procattrs.close_fds_except(keep)  # the server's: listener, channels, other containers'
     _null_stdio(0, 1)  # stderr stays the server's until the exit command: diagnostics
     log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
@@ -85,7 +87,9 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     relays = [Relay(fd, stream, sinks) for fd, stream in (
         (roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
         (roles.get(rescuewire.STDERR), STDERR)) if fd is not None]
-    code = trio.run(_life, relays, job, oom_watch)
+    # Our own line to the server: killed in turn, we are replaced in turn
+    lifeline = Lifeline(job.channel) if job.channel is not None else None
+    code = trio.run(_life, relays, job, oom_watch, lifeline)
     for relay in relays:
         relay.drain()
         relay.close()
@@ -102,7 +106,11 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     _remove_attach_socket(config)
     _null_stdio(2)
     if opts.exit_command:
-        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom)
+        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom,
+                         lifeline.keep() if lifeline is not None else frozenset(),
+                         forked=lifeline.done if lifeline is not None else None)
+    if lifeline is not None:
+        lifeline.done()
     return 0
 
 
@@ -120,11 +128,17 @@ def _reopen_log(config: Config) -> int | None:
         return None
 
 
-async def _life(relays: list[Relay], job: Job, oom_watch: OomWatcher) -> int:
+async def _life(relays: list[Relay], job: Job, oom_watch: OomWatcher,
+                lifeline: Lifeline | None) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, relays)
         nursery.start_soon(oom_watch.run)
-        code = job.code if job.code is not None else await _container_exit(job)
+        if job.code is not None:
+            code = job.code
+        else:
+            code = await _container_exit(job)
+            if lifeline is not None:
+                lifeline.exited(code)
         await wait_for_eof(relays)
         nursery.cancel_scope.cancel()
     return code

@@ -39,11 +39,12 @@ def describe(wait_status: int) -> str:
 class Watch:
     """A warm monitor as the server knows it (the server's private, changing state)."""
 
-    __slots__ = ("cgroups", "code", "container_status", "done", "fds", "monitor_pid",
-                 "registered", "req", "sock")
+    __slots__ = ("attempts", "cgroups", "code", "container_status", "done", "fds",
+                 "monitor_pid", "registered", "req", "sock")
 
     def __init__(self, monitor_pid: int, sock: socket.socket, req: Request) -> None:
         self.monitor_pid = monitor_pid
+        self.attempts = 0  # replacements forked for this container so far
         self.sock: socket.socket | None = sock
         self.req = req
         self.registered: rescuewire.Registered | None = None
@@ -65,14 +66,15 @@ class Watch:
 class Job(Frozen):
     """What a replacement monitor is given (it is forked: nothing is serialized)."""
 
-    __slots__ = ("cgroups", "code", "container_pid", "fds", "monitor_pid", "monitor_status",
-                 "req", "status_fd")
+    __slots__ = ("cgroups", "channel", "code", "container_pid", "fds", "monitor_pid",
+                 "monitor_status", "req", "status_fd")
     monitor_pid: int
     monitor_status: int  # how the monitor died (its wait status)
     container_pid: int
     fds: tuple[tuple[str, int], ...]  # role, fd: the container's stdio
     code: int | None  # the exit code, when known before the fork
     status_fd: int | None  # else: the server writes the container's wait status here
+    channel: int | None  # the replacement's own rescue channel: it may be killed too
     req: Request  # the launcher's request: argv, environment, cwd, limits
     cgroups: str | None
 
@@ -81,6 +83,9 @@ class Job(Frozen):
 
 
 STATUS_SIZE = 8  # the container's wait status, server -> replacement, signed big-endian
+# Replacements per container: one killed in turn is replaced, but one that fails by itself
+# (it exits rather than being killed) or keeps being killed is not replaced for ever
+MAX_ATTEMPTS = 3
 
 
 class Rescuer:
@@ -94,8 +99,9 @@ class Rescuer:
         self.watches: dict[int, Watch] = {}  # monitor pid -> its watch
         self.channels: dict[int, Watch] = {}  # channel fd -> watch, while open
         self.containers: dict[int, Watch] = {}  # registered container pid -> watch
-        self.waiting: dict[int, int] = {}  # container pid -> its replacement's status pipe
-        self.replacements: dict[int, int] = {}  # replacement pid -> container pid
+        # container pid -> its replacement's status pipe and watch
+        self.waiting: dict[int, tuple[int, Watch]] = {}
+        self.replacements: set[int] = set()
         self.rescued = 0
 
     def _say(self, text: str) -> None:
@@ -114,11 +120,14 @@ class Rescuer:
             return None
 
     def watch(self, monitor_pid: int, ours: socket.socket, req: Request) -> None:
-        ours.setblocking(False)
-        w = Watch(monitor_pid, ours, req)
-        self.watches[monitor_pid] = w
-        self.channels[ours.fileno()] = w
-        self.poller.register(ours.fileno(), select.POLLIN)
+        self._add(Watch(monitor_pid, ours, req))
+
+    def _add(self, w: Watch) -> None:
+        assert w.sock is not None
+        w.sock.setblocking(False)
+        self.watches[w.monitor_pid] = w
+        self.channels[w.sock.fileno()] = w
+        self.poller.register(w.sock.fileno(), select.POLLIN)
 
     def owns(self, fd: int) -> bool:
         return fd in self.channels
@@ -200,20 +209,26 @@ class Rescuer:
         if w is not None:
             self._drain(w)  # what it sent before it died is still queued
             self._close_channel(w)
+            replacement = pid in self.replacements
+            self.replacements.discard(pid)
             if w.registered is not None and not w.done:
-                self._rescue(w, status)
+                if w.attempts >= MAX_ATTEMPTS or (replacement and not os.WIFSIGNALED(status)):
+                    self._say(f"replacement monitor {pid} {describe(status)} without "
+                              f"recording the exit of container pid "
+                              f"{w.registered.container_pid}; not replaced again")
+                else:
+                    self._rescue(w, status)
+            elif replacement:
+                self._say(f"replacement monitor {pid} {describe(status)}")
             elif not w.done and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                 self.debug(f"monitor {pid} {describe(status)} before it registered a "
                            "container: nothing to rescue")
             w.close_fds()
-            return
-        if pid in self.replacements:
-            container = self.replacements.pop(pid)
-            fd = self.waiting.pop(container, None)
-            if fd is not None:  # it never got the status it waited for
-                os.close(fd)
-            self._say(f"replacement monitor {pid} for container pid {container} "
-                      f"{describe(status)}")
+            if w.registered is not None:
+                waiting = self.waiting.get(w.registered.container_pid)
+                if waiting is not None and waiting[1] is w:  # not replaced: nobody waits
+                    os.close(waiting[0])
+                    del self.waiting[w.registered.container_pid]
             return
         w = self.containers.get(pid)
         if w is None and pid not in self.waiting:
@@ -224,8 +239,10 @@ class Rescuer:
             del self.containers[pid]
             w.container_status = status
             return
-        fd = self.waiting.pop(pid, None)
-        if fd is not None:
+        waiting = self.waiting.pop(pid, None)
+        if waiting is not None:
+            fd, w = waiting
+            w.container_status = status  # for its own replacement, should it be killed
             try:
                 os.write(fd, status.to_bytes(STATUS_SIZE, "big", signed=True))
             except OSError:
@@ -236,6 +253,9 @@ class Rescuer:
         assert w.registered is not None
         cpid = w.registered.container_pid
         self.containers.pop(cpid, None)
+        stale = self.waiting.pop(cpid, None)  # a killed replacement's status pipe
+        if stale is not None:
+            os.close(stale[0])
         cid = _option(w.req.argv, b"-c", b"--cid")
         code = w.code
         if code is None and w.container_status is not None:
@@ -247,9 +267,10 @@ class Rescuer:
             else:  # reaped by the monitor, which died before it could say so
                 self._say(f"container {cid} (pid {cpid}) is gone and its status with it")
                 code = -1
+        channel = self.channel()
         job = Job(monitor_pid=w.monitor_pid, monitor_status=monitor_status, container_pid=cpid,
                   fds=tuple(w.fds), code=code, status_fd=status_r, req=w.req,
-                  cgroups=w.cgroups)
+                  cgroups=w.cgroups, channel=channel[1].fileno() if channel else None)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -260,6 +281,9 @@ class Rescuer:
             for fd in (status_r, status_w):
                 if fd is not None:
                     os.close(fd)
+            if channel is not None:
+                channel[0].close()
+                channel[1].close()
             return
         if pid == 0:
             status = 1
@@ -274,11 +298,20 @@ class Rescuer:
                     pass
             finally:
                 os._exit(status)
+        # The replacement is watched as its monitor was: the dups move to its watch
+        nw = Watch(pid, channel[0], w.req) if channel is not None else None
+        if nw is not None and channel is not None:
+            channel[1].close()
+            nw.registered, nw.fds, w.fds = w.registered, w.fds, []
+            nw.code, nw.container_status, nw.cgroups = code, w.container_status, w.cgroups
+            nw.attempts = w.attempts + 1
+            self._add(nw)
         if status_r is not None and status_w is not None:
             os.close(status_r)
-            self.waiting[cpid] = status_w
-        self.replacements[pid] = cpid
-        self.rescued += 1
+            self.waiting[cpid] = (status_w, nw if nw is not None else w)
+        self.replacements.add(pid)
+        if w.attempts == 0:
+            self.rescued += 1
         state = f"exit code {code}" if code is not None else "still running"
         self._say(f"monitor {w.monitor_pid} of container {cid} {describe(monitor_status)} "
                   f"before recording its exit; replacement monitor {pid} takes over "
@@ -290,7 +323,7 @@ class Rescuer:
             w.close_fds()
         self.watches.clear()
         self.containers.clear()
-        for fd in self.waiting.values():
+        for fd, _ in self.waiting.values():
             os.close(fd)  # replacements fall back to watching the container alone
         self.waiting.clear()
 

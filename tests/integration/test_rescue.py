@@ -227,3 +227,33 @@ def test_oom_kill_after_the_rescue_is_recorded(bundles: Bundles, warm: Launcher,
     assert (persist / "exit").read_text() == "137"
     wait_for(lambda: session.monitor_pid != monitor, what="the conmon pidfile's update")
     session.wait_monitor()
+
+
+def test_a_killed_replacement_is_replaced_in_turn(bundles: Bundles, warm: Launcher,
+                                                  server: WarmServer, tmp_path: Path) -> None:
+    """The replacement has a rescue channel of its own: killed in turn, it is replaced
+    too, and still nothing is lost."""
+    bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; "
+                                       "i=$((i+1)); sleep 0.002; done; exit 7"])
+    command, probe = exit_probe(tmp_path)
+    session, paths = warm.create_ok(bundle, exit_command=[*command, str(bundle / "exits")])
+    monitor = session.monitor_pid
+    runc_start(paths.cid)
+    wait_for(lambda: b"line-100\n" in paths.log.read_bytes(), what="line 100 in the log")
+    sigkill_when_idle(monitor)
+    wait_for(lambda: session.monitor_pid != monitor, what="the first replacement")
+    first = session.monitor_pid
+    wait_for(lambda: b"line-300\n" in paths.log.read_bytes(), what="line 300 in the log")
+    sigkill_when_idle(first)
+    server.wait_for(f"monitor {first} of container {paths.cid} killed by signal 9".encode())
+    wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"7"
+    wait_for(probe.exists, what="the exit command")
+    assert probe.read_text() == f"7 [{bundle / 'exits'}]"
+    wait_for(lambda: session.monitor_pid not in (monitor, first), what="the second replacement")
+    session.wait_monitor()
+    got = [text for _, s, text in parse_log(paths.log) if s == b"stdout"]
+    assert got == [b"line-%d" % i for i in range(LINES)]
+    server.wait_for(b"replacement monitor")
+    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert b", 1 containers rescued" in server.wait_for(b"stopped")
