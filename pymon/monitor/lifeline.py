@@ -22,11 +22,12 @@ class Lifeline:
     def _send(self, data: bytes, fds: list[int] | None = None) -> None:
         if self.sock is None:
             return
+        flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # a server gone is EPIPE, no signal
         try:
             if fds:
-                socket.send_fds(self.sock, [data], fds, socket.MSG_DONTWAIT)
+                socket.send_fds(self.sock, [data], fds, flags)
             else:
-                self.sock.send(data, socket.MSG_DONTWAIT)
+                self.sock.send(data, flags)
         except OSError as e:
             log.debug("rescue channel: %s", e)
 
