@@ -15,24 +15,27 @@ container was re-parented to it) and writes to `status_fd`.
 
 Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
 it), the container's stdin (its pipe's only writer was the monitor: the container sees
-EOF), the ctl/winsz fifos' reader, -T, and the one chunk of output the monitor had read
-and not yet written.
+EOF), what was written to ctl/winsz while nobody read them, -T, and the one chunk of output
+the monitor had read and not yet written.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 
 import trio
 
-from pymon import procattrs
+from pymon import procattrs, terminal
 from pymon.cli import parse_args
 from pymon.config import Config, build_config
+from pymon.ctl import Control, LineSplitter
 from pymon.diag import log
 from pymon.exitfile import exit_status, run_exit_command, write_atomic, write_exit_files
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import Sinks, cut_torn_record, open_k8s_file
-from pymon.monitor.life import make_sinks, wait_for_eof
+from pymon.monitor.life import make_sinks, serve_fifo, wait_for_eof
 from pymon.monitor.lifeline import Lifeline
 from pymon.oom import OomWatcher
 from pymon.server import cgroups, rescuewire, twin
@@ -87,12 +90,23 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     relays = [Relay(fd, stream, sinks) for fd, stream in (
         (roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
         (roles.get(rescuewire.STDERR), STDERR)) if fd is not None]
+    # ctl (log reopen, as CRI-O asks after kubelet rotated the log; pty size) and winsz,
+    # reopened by path: the engine's writes find a reader again
+    master = roles.get(rescuewire.TTY)
+    control = Control(None if master is None else
+                      (lambda rows, cols: terminal.resize(master, rows, cols)), sinks.reopen)
+    fifos: list[Fifo] = [(fds, lines, handle) for fds, lines, handle in (
+        (_open_fifo(config, "ctl"), control.ctl_lines, control.on_ctl),
+        (_open_fifo(config, "winsz"), control.winsz_lines, control.on_winsz)) if fds is not None]
     # Our own line to the server: killed in turn, we are replaced in turn
     lifeline = Lifeline(job.channel) if job.channel is not None else None
-    code = trio.run(_life, relays, job, oom_watch, lifeline)
+    code = trio.run(_life, relays, job, oom_watch, lifeline, fifos)
     for relay in relays:
         relay.drain()
         relay.close()
+    for (r, w), _, _ in fifos:
+        os.close(r)
+        os.close(w)
     oom_watch.check()  # the oom files precede the exit files
     oom_watch.close()
     sinks.finish(sync=not opts.no_sync_log)
@@ -114,6 +128,29 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     return 0
 
 
+Fifo = tuple[tuple[int, int], LineSplitter, Callable[[bytes], None]]
+
+
+def _open_fifo(config: Config, name: str) -> tuple[int, int] | None:
+    """The dead monitor's fifo in the bundle, held open for reading and writing as the
+    monitor held it (so it never reports EOF); None if there is none."""
+    if config.bundle is None or config.logs.passthrough:
+        return None
+    path = os.path.join(config.bundle, name)
+    try:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            return None
+        r = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        w = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(r)
+        return None
+    return r, w
+
+
 def _reopen_log(config: Config) -> int | None:
     path = config.logs.k8s_path
     if path is None or config.logs.passthrough:
@@ -129,10 +166,12 @@ def _reopen_log(config: Config) -> int | None:
 
 
 async def _life(relays: list[Relay], job: Job, oom_watch: OomWatcher,
-                lifeline: Lifeline | None) -> int:
+                lifeline: Lifeline | None, fifos: list[Fifo]) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, relays)
         nursery.start_soon(oom_watch.run)
+        for (r, _), lines, handle in fifos:
+            nursery.start_soon(serve_fifo, r, lines, handle)
         if job.code is not None:
             code = job.code
         else:

@@ -257,3 +257,41 @@ def test_a_killed_replacement_is_replaced_in_turn(bundles: Bundles, warm: Launch
     server.wait_for(b"replacement monitor")
     server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     assert b", 1 containers rescued" in server.wait_for(b"stopped")
+
+
+def test_log_reopen_on_ctl_after_the_rescue(bundles: Bundles, warm: Launcher,
+                                            server: WarmServer) -> None:
+    """The replacement serves the ctl fifo again: a log rotator moves the log away and asks
+    for a reopen (CRI-O's ReopenContainerLog writes "2" to ctl), and the lines that follow
+    go to a new file at the path; the two files hold every line once, in order."""
+    bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; "
+                                       "i=$((i+1)); sleep 0.002; done; exit 0"])
+    session, paths = warm.create_ok(bundle)
+    monitor = session.monitor_pid
+    runc_start(paths.cid)
+    wait_for(lambda: b"line-100\n" in paths.log.read_bytes(), what="line 100 in the log")
+    sigkill_when_idle(monitor)
+    wait_for(lambda: session.monitor_pid != monitor, what="the replacement")
+    wait_for(lambda: b"line-300\n" in paths.log.read_bytes(), what="line 300 in the log")
+    old = paths.log.with_suffix(".old")
+    os.rename(paths.log, old)
+
+    def ask_reopen() -> bool:
+        try:  # ENXIO until the replacement holds the fifo open for reading
+            fd = os.open(bundle / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+        return True
+
+    wait_for(ask_reopen, what="a reader on the ctl fifo")
+    wait_for(paths.exit_file.exists, timeout=60, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"0"
+    session.wait_monitor()
+    before = [text for _, _, text in parse_log(old)]
+    after = [text for _, _, text in parse_log(paths.log)]
+    assert after, "nothing reached the reopened log"
+    assert before + after == [b"line-%d" % i for i in range(LINES)]
