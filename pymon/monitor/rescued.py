@@ -15,8 +15,8 @@ container was re-parented to it) and writes to `status_fd`.
 
 Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
 it), the container's stdin (its pipe's only writer was the monitor: the container sees
-EOF), what was written to ctl/winsz while nobody read them, -T, and the one chunk of output
-the monitor had read and not yet written.
+EOF), -T, ctl/winsz writes until the fifos have a reader again (the engine gets ENXIO),
+and the one chunk of output the monitor had read and not yet written.
 """
 
 from __future__ import annotations
