@@ -13,8 +13,8 @@ container was re-parented to it) and writes to `status_fd`.
     oom files, fsync, exit files (persist-dir, then exit-dir), attach socket removed, exit
     command
 
-Lost with the monitor: attach clients (its attach socket is dead; the replacement removes
-it), the container's stdin (its pipe's only writer was the monitor: the container sees
+Lost with the monitor: its attach clients (new ones are served on its listener, which the
+server kept; their input reaches a pty, not a stdin pipe), the container's stdin (its pipe's only writer was the monitor: the container sees
 EOF), -T, ctl/winsz writes until the fifos have a reader again (the engine gets ENXIO),
 and the one chunk of output the monitor had read and not yet written.
 """
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from pymon import procattrs, terminal
+from pymon.attach import AttachServer, Stdin
 from pymon.cli import parse_args
 from pymon.config import Config, build_config
 from pymon.ctl import Control, LineSplitter
@@ -35,7 +36,12 @@ from pymon.diag import log
 from pymon.exitfile import exit_status, run_exit_command, write_atomic, write_exit_files
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import Sinks, cut_torn_record, open_k8s_file
-from pymon.monitor.life import make_sinks, serve_fifo, wait_for_eof
+from pymon.monitor.life import (
+    ATTACH_FLUSH_DEADLINE,
+    make_sinks,
+    serve_fifo,
+    wait_for_eof,
+)
 from pymon.monitor.lifeline import Lifeline
 from pymon.oom import OomWatcher
 from pymon.server import cgroups, rescuewire, twin
@@ -87,12 +93,20 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
                                    config.bundle, opts.persist_dir, fresh=True)
     sinks = Sinks(make_sinks(config, _reopen_log(config)))
     roles = dict(job.fds)
-    relays = [Relay(fd, stream, sinks) for fd, stream in (
-        (roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
-        (roles.get(rescuewire.STDERR), STDERR)) if fd is not None]
+    master = roles.get(rescuewire.TTY)
+    # New attach clients are served on the dead monitor's listener (its clients are gone
+    # with it); with a pty their input reaches the container, through a dup of the master
+    attach = None
+    if rescuewire.ATTACH in roles:
+        attach = AttachServer(roles[rescuewire.ATTACH],
+                              Stdin(os.dup(master)) if master is not None else None,
+                              close_stdin_on_eof=opts.stdin and not opts.leave_stdin_open)
+    fanout = attach.broadcast if attach is not None else None
+    outputs = ((roles.get(rescuewire.TTY, roles.get(rescuewire.STDOUT)), STDOUT),
+               (roles.get(rescuewire.STDERR), STDERR))
+    relays = [Relay(fd, stream, sinks, fanout) for fd, stream in outputs if fd is not None]
     # ctl (log reopen, as CRI-O asks after kubelet rotated the log; pty size) and winsz,
     # reopened by path: the engine's writes find a reader again
-    master = roles.get(rescuewire.TTY)
     control = Control(None if master is None else
                       (lambda rows, cols: terminal.resize(master, rows, cols)), sinks.reopen)
     fifos: list[Fifo] = [(fds, lines, handle) for fds, lines, handle in (
@@ -100,9 +114,9 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
         (_open_fifo(config, "winsz"), control.winsz_lines, control.on_winsz)) if fds is not None]
     # Our own line to the server: killed in turn, we are replaced in turn
     lifeline = Lifeline(job.channel) if job.channel is not None else None
-    code = trio.run(_life, relays, job, oom_watch, lifeline, fifos)
+    code = trio.run(_Life(job, relays, attach, oom_watch, lifeline, fifos).run)
     for relay in relays:
-        relay.drain()
+        relay.drain()  # normally a no-op: run() drained (this covers a failed run)
         relay.close()
     for (r, w), _, _ in fifos:
         os.close(r)
@@ -165,22 +179,48 @@ def _reopen_log(config: Config) -> int | None:
         return None
 
 
-async def _life(relays: list[Relay], job: Job, oom_watch: OomWatcher,
-                lifeline: Lifeline | None, fifos: list[Fifo]) -> int:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, relays)
-        nursery.start_soon(oom_watch.run)
-        for (r, _), lines, handle in fifos:
-            nursery.start_soon(serve_fifo, r, lines, handle)
-        if job.code is not None:
-            code = job.code
-        else:
-            code = await _container_exit(job)
-            if lifeline is not None:
-                lifeline.exited(code)
-        await wait_for_eof(relays)
-        nursery.cancel_scope.cancel()
-    return code
+class _Life:
+    """The container's remaining life under trio, as life.Monitor.run has it: relays, OOM
+    watch, fifos and attach clients until the container has exited and its output is
+    drained and handed to the clients."""
+
+    def __init__(self, job: Job, relays: list[Relay], attach: AttachServer | None,
+                 oom_watch: OomWatcher, lifeline: Lifeline | None, fifos: list[Fifo]) -> None:
+        self.job, self.relays, self.attach = job, relays, attach
+        self.oom_watch, self.lifeline, self.fifos = oom_watch, lifeline, fifos
+
+    def _backpressure(self) -> Awaitable[None] | None:
+        if self.attach is not None and self.attach.lagging():
+            return self.attach.wait_for_room()
+        return None
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as clients:
+            if self.attach is not None:
+                self.attach.accept_pending()
+                clients.start_soon(self.attach.serve)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, self.relays, self._backpressure)
+                nursery.start_soon(self.oom_watch.run)
+                for (r, _), lines, handle in self.fifos:
+                    nursery.start_soon(serve_fifo, r, lines, handle)
+                if self.job.code is not None:
+                    code = self.job.code
+                else:
+                    code = await _container_exit(self.job)
+                    if self.lifeline is not None:
+                        self.lifeline.exited(code)
+                await wait_for_eof(self.relays)
+                nursery.cancel_scope.cancel()
+            for relay in self.relays:
+                relay.drain()  # every byte still in the pipes reaches log and clients
+            if self.attach is not None:
+                await self.attach.flush(ATTACH_FLUSH_DEADLINE)
+                self.attach.close()
+            clients.cancel_scope.cancel()
+        if self.attach is not None and self.attach.stdin is not None:
+            self.attach.stdin.close()
+        return code
 
 
 async def _container_exit(job: Job) -> int:

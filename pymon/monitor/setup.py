@@ -268,8 +268,10 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo,
 
         # Not stdin's write end: a dup held elsewhere would keep the container from ever
         # seeing the EOF the monitor gives it by closing its end
-        launched.lifeline.register(result, [(rw.TTY, master)] if master is not None else [
-            (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r)])
+        launched.lifeline.register(result, [
+            *([(rw.TTY, master)] if master is not None else [
+                (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r)]),
+            (rw.ATTACH, attach.fd if attach is not None else None)])
     from pymon.monitor import life  # imports trio (cold): only now that the engine has the pid
 
     code = life.run(launched)

@@ -4,7 +4,8 @@ can finish its work if the monitor is killed (pymon/server/rescue.py).
 One SOCK_SEQPACKET socketpair per warm monitor; the monitor sends, the server reads:
 
     REGISTER  container pid, one role letter per fd; SCM_RIGHTS: dups of the container's
-              output read ends (or of the pty master), in role order.
+              output read ends (or of the pty master) and of the attach socket's
+              listener, in role order.
               Sent once the engine has the pid.
     EXITED    the container's exit code as it goes into the exit file: sent the moment the
               monitor has reaped it, so that a monitor killed while draining loses no code.
@@ -27,7 +28,8 @@ DONE = 0x44  # "D"
 STDOUT = "o"  # the container's stdout pipe, read end
 STDERR = "e"  # the container's stderr pipe, read end
 TTY = "t"  # the pty master
-ROLES = frozenset((STDOUT, STDERR, TTY))
+ATTACH = "a"  # the attach socket's listener
+ROLES = frozenset((STDOUT, STDERR, TTY, ATTACH))
 MAX_MESSAGE = 64
 MAX_FDS = 3
 
@@ -88,8 +90,8 @@ def decode(data: bytes, fd_count: int) -> Message:
             raise ValueError(f"REGISTER with pid {pid}")
         if len(roles) != fd_count or len(set(roles)) != len(roles) or not set(roles) <= ROLES:
             raise ValueError(f"REGISTER roles {roles!r} do not match {fd_count} fds")
-        if TTY in roles and len(roles) != 1:
-            raise ValueError("a pty master comes alone")
+        if TTY in roles and (STDOUT in roles or STDERR in roles):
+            raise ValueError("a pty master comes without output pipes")
         return Registered(pid, roles)
     if fd_count:
         raise ValueError("fds with a message that carries none")

@@ -17,6 +17,7 @@ import pytest
 
 from pymon.oom import is_cgroup2
 from tests.conftest import Bundles, Launcher, ppid
+from tests.fakes.attach_client import connect, read_until_eof
 from tests.fakes.engine import sigkill_when_idle, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
@@ -297,3 +298,55 @@ def test_log_reopen_on_ctl_after_the_rescue(bundles: Bundles, warm: Launcher,
     after = [text for _, _, text in parse_log(paths.log)]
     assert after, "nothing reached the reopened log"
     assert before + after == [b"line-%d" % i for i in range(LINES)]
+
+
+def test_attach_after_the_rescue(bundles: Bundles, warm: Launcher,
+                                 server: WarmServer) -> None:
+    """The server keeps the attach socket's listener too: a client that attaches after
+    the rescue gets the output from then on, and EOF once the container has exited."""
+    bundle = bundles.make(["sh", "-c", f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; "
+                                       "i=$((i+1)); sleep 0.002; done; exit 2"])
+    session, paths = warm.create_ok(bundle)
+    monitor = session.monitor_pid
+    runc_start(paths.cid)
+    wait_for(lambda: b"line-100\n" in paths.log.read_bytes(), what="line 100 in the log")
+    sigkill_when_idle(monitor)
+    wait_for(lambda: session.monitor_pid != monitor, what="the replacement")
+    sock = connect(bundle / "attach")
+    try:
+        got = read_until_eof(sock, timeout=60)
+    finally:
+        sock.close()
+    assert got.eof
+    lines = bytes(got.data["stdout"]).decode().splitlines()
+    assert lines, "nothing reached the attach client"
+    first = int(lines[0].removeprefix("line-"))
+    assert lines == [f"line-{i}" for i in range(first, LINES)]
+    wait_for(paths.exit_file.exists, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"2"
+    session.wait_monitor()
+    assert not (bundle / "attach").exists()
+
+
+def test_attach_input_reaches_a_tty_after_the_rescue(bundles: Bundles, warm: Launcher,
+                                                     server: WarmServer) -> None:
+    bundle = bundles.make(["sh", "-c", "echo ready; read x; echo got:$x; exit 3"], tty=True)
+    session, paths = warm.create_ok(bundle, "-t")
+    monitor = session.monitor_pid
+    container = int(paths.pidfile.read_text())
+    runc_start(paths.cid)
+    server.wait_for(f"monitor {monitor} registered container pid {container}".encode())
+    wait_for(lambda: b"ready\r\n" in paths.log.read_bytes(), what="the first line")
+    sigkill_when_idle(monitor)
+    wait_for(lambda: session.monitor_pid != monitor, what="the replacement")
+    sock = connect(bundle / "attach")
+    try:
+        sock.send(b"hello\n")
+        got = read_until_eof(sock, timeout=30)
+    finally:
+        sock.close()
+    assert b"got:hello\r\n" in bytes(got.data["stdout"])
+    wait_for(paths.exit_file.exists, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"3"
+    session.wait_monitor()
+    assert b" stdout F got:hello\r\n" in paths.log.read_bytes()

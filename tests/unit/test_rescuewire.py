@@ -17,6 +17,8 @@ def test_register_roundtrip() -> None:
     msg = rw.decode(rw.encode_register(4242, "oe"), 2)
     assert msg == rw.Registered(4242, "oe")
     assert rw.decode(rw.encode_register(7, "t"), 1) == rw.Registered(7, "t")
+    assert rw.decode(rw.encode_register(7, "ta"), 2) == rw.Registered(7, "ta")
+    assert rw.decode(rw.encode_register(7, "oea"), 3) == rw.Registered(7, "oea")
     assert rw.decode(rw.encode_register(7, ""), 0) == rw.Registered(7, "")  # passthrough
 
 
@@ -36,7 +38,7 @@ def test_done() -> None:
     (rw.encode_register(5, "oe"), 3, "do not match"),
     (rw.encode_register(5, "oo"), 2, "do not match"),
     (rw.encode_register(5, "ox"), 2, "do not match"),
-    (rw.encode_register(5, "to"), 2, "alone"),
+    (rw.encode_register(5, "to"), 2, "without output pipes"),
     (b"R\0\0\0\x05\xff", 1, "ASCII"),
     (rw.encode_exited(3), 1, "carries none"),
     (rw.encode_exited(3)[:-1], 0, "unknown"),
