@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
+import traceback
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -114,7 +115,12 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
         (_open_fifo(config, "winsz"), control.winsz_lines, control.on_winsz)) if fds is not None]
     # Our own line to the server: killed in turn, we are replaced in turn
     lifeline = Lifeline(job.channel) if job.channel is not None else None
-    code = trio.run(_Life(job, relays, attach, oom_watch, lifeline, fifos).run)
+    life = _Life(job, relays, attach, oom_watch, lifeline, fifos)
+    try:
+        code = trio.run(life.run)
+    except Exception:  # noqa: BLE001 - as life.run: the exit is recorded all the same
+        log.error("replacement monitor failed: %s", traceback.format_exc())
+        code = life.code if life.code is not None else _status_blocking(job)
     for relay in relays:
         relay.drain()  # normally a no-op: run() drained (this covers a failed run)
         relay.close()
@@ -188,6 +194,7 @@ class _Life:
                  oom_watch: OomWatcher, lifeline: Lifeline | None, fifos: list[Fifo]) -> None:
         self.job, self.relays, self.attach = job, relays, attach
         self.oom_watch, self.lifeline, self.fifos = oom_watch, lifeline, fifos
+        self.code: int | None = job.code
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -204,12 +211,11 @@ class _Life:
                 nursery.start_soon(self.oom_watch.run)
                 for (r, _), lines, handle in self.fifos:
                     nursery.start_soon(serve_fifo, r, lines, handle)
-                if self.job.code is not None:
-                    code = self.job.code
-                else:
-                    code = await _container_exit(self.job)
+                if self.code is None:
+                    self.code = await _container_exit(self.job)
                     if self.lifeline is not None:
-                        self.lifeline.exited(code)
+                        self.lifeline.exited(self.code)
+                code = self.code
                 await wait_for_eof(self.relays)
                 nursery.cancel_scope.cancel()
             for relay in self.relays:
@@ -243,6 +249,19 @@ async def _container_exit(job: Job) -> int:
     finally:
         os.close(pidfd)
     return -1
+
+
+def _status_blocking(job: Job) -> int:
+    """The container's exit code after a failure under trio: wait for it without trio."""
+    if job.status_fd is None:
+        return -1
+    try:
+        data = os.read(job.status_fd, STATUS_SIZE)
+    except OSError:  # closed: _container_exit read it, and the failure came after
+        return -1
+    if len(data) != STATUS_SIZE:
+        return -1
+    return exit_status(int.from_bytes(data, "big", signed=True))
 
 
 def _remove_attach_socket(config: Config) -> None:
