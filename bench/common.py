@@ -21,6 +21,7 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -41,6 +42,9 @@ from tests.fakes.bundle import RUNC, make_rootfs, runc_spec, write_bundle  # noq
 CONMON = "/usr/bin/conmon"
 PYENV = dict(os.environ, PYTHONPATH=str(ROOT))  # pymon from this tree, for -m pymon.*
 WARM, COLD_C, COLD_PY, CONMON_NAME = "pymon warm", "pymon cold (C)", "pymon cold (py)", "conmon"
+# A warm launch whose launcher found no server answer within its budget and went cold:
+# counted apart, so that the warm column holds warm monitors only.
+FELL_BACK = "warm, fell back"
 
 
 # --- the server --------------------------------------------------------------------------
@@ -86,7 +90,17 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
     def stop(self) -> None:
+        # By now every monitor has exited; any child left is something the server keeps
+        # (a pre-forked monitor, say) and must go with it, or it outlives the run.
+        kids = self.children()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -94,6 +108,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pid in kids:
+            if ppid_of(pid) == 1:  # orphaned by the server's exit, not reaped by it
+                print(f"warning: pymon-server left process {pid} behind; killing it",
+                      file=sys.stderr)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                wait_gone(pid, 10)
         if self.proc.stderr is not None and not self._reader_alive():
             self.proc.stderr.close()
 
@@ -193,6 +216,10 @@ class Workspace:
         self.spec = runc_spec(self.dir / "spec")
         self.count = 0
 
+    def remove(self) -> None:
+        """Once every container is deleted: the rootfs copy, bundles, launchers, socket."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def bundle(self, args: list[str], binds: dict[str, str] | None = None) -> Path:
         """A bundle running `args`; `binds` maps container paths to host directories."""
         self.count += 1
@@ -289,7 +316,18 @@ class Run:
                 raise TimeoutError(f"{self.monitor.name} --sync did not exit")
         finally:
             os.close(fd)
+        # Still a zombie: its name tells whether the C launcher stayed itself (warm) or
+        # exec'd the interpreter of the cold path.
+        comm = Path(f"/proc/{self.p0.pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        self.warm = self.monitor.server is not None and comm == os.path.basename(self.monitor.path)[:15]
         self.launcher_cpu = self._reap_launcher()
+
+    @property
+    def variant(self) -> str:
+        """The monitor's name, or FELL_BACK for a warm launch that ran cold."""
+        if self.monitor.server is not None and not self.warm:
+            return FELL_BACK
+        return self.monitor.name
 
     def server_cpu(self) -> float:
         """The server's CPU seconds since this launch began (accept, decode, fork)."""
@@ -445,6 +483,8 @@ class Results:
         self.units[metric] = unit
 
     def table(self, variants: list[str]) -> str:
+        if any(FELL_BACK in per for per in self.values.values()):
+            variants = [*variants[:-1], FELL_BACK, variants[-1]]
         return table(self.values, self.units, variants)
 
 

@@ -116,6 +116,7 @@ def main() -> None:
         print(res.table(mons.names))
     finally:
         mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":

@@ -73,13 +73,36 @@ class Podman:
             raise RuntimeError(f"podman {' '.join(args)}: {r.returncode} {r.stderr!r}")
         return t
 
-    def cleanup(self, conf: Path) -> None:
+    def cleanup(self, conf: Path, exclude: frozenset[int] = frozenset()) -> None:
         self(conf, "rm", "-af", "-t", "0")
+        # The monitors' exit commands (`podman container cleanup`) may still be running and
+        # mount the storage again: wait until no process names our storage, then unmount.
+        deadline = time.monotonic() + 30
+        while set(_users(self.base)) - exclude and time.monotonic() < deadline:
+            time.sleep(0.1)
         with open("/proc/self/mounts") as f:
             points = [line.split()[1] for line in f]
         for point in sorted(points, reverse=True):  # the overlay driver's bind mounts
             if point.startswith(str(self.base) + "/"):
                 subprocess.run(["umount", "-l", point], check=False)
+        with open("/proc/self/mounts") as f:
+            if not any(line.split()[1].startswith(str(self.base) + "/") for line in f):
+                shutil.rmtree(self.base, ignore_errors=True)  # nothing mounted there any more
+
+
+def _users(base: Path) -> list[int]:
+    """Processes other than us whose command line names `base` (podman and its helpers,
+    and the pymon-server, whose socket is there: the caller excludes it)."""
+    needle = os.fsencode(str(base) + "/")
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                if needle in Path(f"/proc/{name}/cmdline").read_bytes():
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
 
 
 def image_tar(directory: Path) -> Path:
@@ -130,9 +153,12 @@ def main() -> None:
                   "server too slow would still leave a fork behind, so this is an upper bound)")
             if not mons.server.alive():
                 print("WARNING: the server died during the run")
+            refused = [line for line in mons.server.lines if "refused" in line]
+            if refused:
+                print(f"server refusals: {len(refused)}, e.g. {refused[0]}")
         print(res.table(mons.names))
     finally:
-        podman.cleanup(base_conf)
+        podman.cleanup(base_conf, frozenset([mons.server.pid] if mons.server else []))
         mons.close()
 
 

@@ -29,7 +29,7 @@ import select
 import time
 import uuid
 
-from common import (WARM, DirWatch, Monitors, Results, Run, Workspace, add_mode_argument,
+from common import (FELL_BACK, DirWatch, Monitors, Results, Run, Workspace, add_mode_argument,
                     banner, exit_probe, read_probe)
 
 
@@ -49,20 +49,25 @@ def true_container(ws: Workspace, mon, probe, res: Results, stats: dict) -> None
     cpu, _, _ = read_probe(bundle / "probe.out")
     server = run.server_cpu()
     run.cleanup()
-    if mon.name == WARM:
+    count(stats, run)
+    v = run.variant
+    res.add("exec -> P0 (launcher) exits", v, run.t_p0 * 1000)
+    res.add("exec -> pid on sync pipe", v, run.t_pid * 1000)
+    res.add("exec -> exit file (`true`)", v, t_file * 1000)
+    res.add("CPU launcher+monitor(+server)", v, (run.launcher_cpu + cpu + server) * 1000)
+    res.add("  of which launcher", v, run.launcher_cpu * 1000)
+    res.add("  of which monitor", v, cpu * 1000)
+    if mon.server is not None:
+        res.add("  of which server", v, server * 1000)
+
+
+def count(stats: dict, run: Run) -> None:  # type: ignore[type-arg]
+    if run.monitor.server is not None:
         stats["warm"] += run.warm
         stats["launches"] += 1
-    res.add("exec -> P0 (launcher) exits", mon.name, run.t_p0 * 1000)
-    res.add("exec -> pid on sync pipe", mon.name, run.t_pid * 1000)
-    res.add("exec -> exit file (`true`)", mon.name, t_file * 1000)
-    res.add("CPU launcher+monitor(+server)", mon.name, (run.launcher_cpu + cpu + server) * 1000)
-    res.add("  of which launcher", mon.name, run.launcher_cpu * 1000)
-    res.add("  of which monitor", mon.name, cpu * 1000)
-    if mon.server is not None:
-        res.add("  of which server", mon.name, server * 1000)
 
 
-def exit_latency(ws: Workspace, mon, idle: float, res: Results) -> None:  # type: ignore[no-untyped-def]
+def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
     fifo_dir = ws.dir / f"fifo{ws.count}"
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / "go")
@@ -84,18 +89,20 @@ def exit_latency(ws: Workspace, mon, idle: float, res: Results) -> None:  # type
         finally:
             os.close(pidfd)
             watch.close()
-        res.add("container exits -> exit file", mon.name, (t_file - t_exit) * 1000)
+        count(stats, run)
+        res.add("container exits -> exit file", run.variant, (t_file - t_exit) * 1000)
     finally:
         run.stop()
 
 
-def exec_sync(ws: Workspace, mon, target: Run, res: Results) -> None:  # type: ignore[no-untyped-def]
+def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
     session = target.bundle / uuid.uuid4().hex[:12]
     session.mkdir()
     run = Run(mon, session, target.cid, exec_args=["true"], sync_mode=True)
     run.wait_launcher()
-    res.add("exec session `true` --sync: exec -> exit", mon.name,
-            (time.perf_counter() - run.t0) * 1000)
+    t = time.perf_counter() - run.t0
+    count(stats, run)
+    res.add("exec session `true` --sync: exec -> exit", run.variant, t * 1000)
     run.sync.close()
     run.start.close()
 
@@ -121,19 +128,20 @@ def main() -> None:
                 for mon in mons.order(i):
                     true_container(ws, mon, probe, res, stats)
                 for mon in mons.order(i):
-                    exit_latency(ws, mon, args.idle, res)
+                    exit_latency(ws, mon, args.idle, res, stats)
                 for mon in mons.order(i):
-                    exec_sync(ws, mon, target, res)
+                    exec_sync(ws, mon, target, res, stats)
         finally:
             target.stop()
         if mons.server is not None:
             if not mons.server.alive():
                 print("WARNING: the server died during the run:\n" + "\n".join(mons.server.lines))
-            print(f"warm launches served by the server: {stats['warm']} of {stats['launches']}"
-                  " (`true` containers; the others went cold)")
+            print(f"warm launches served by the server: {stats['warm']} of {stats['launches']};"
+                  f" the others went cold and are in the column '{FELL_BACK}'")
         print(res.table(mons.names))
     finally:
         mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":

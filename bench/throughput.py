@@ -44,7 +44,7 @@ def drain_attach(path: Path, done: dict[str, int]) -> None:
 
 
 def one(monitor: Monitor, ws: Workspace, script: str, probe: Path, attach: bool,
-        stats: dict[str, int]) -> tuple[int, float, float, float, float, int | None]:
+        stats: dict[str, int]) -> tuple[str, int, float, float, float, float, int | None]:
     bundle = ws.bundle(["sh", "-c", script])
     out = bundle / "probe.out"
     os.environ["PROBE_OUT"] = str(out)
@@ -69,7 +69,7 @@ def one(monitor: Monitor, ws: Workspace, script: str, probe: Path, attach: bool,
     size = run.log.stat().st_size
     run.log.unlink()
     secs = (int(end_ns) - t0) / 1e9
-    return size, secs, cpu, user, sys_, got.get("bytes")
+    return run.variant, size, secs, cpu, user, sys_, got.get("bytes")
 
 
 def main() -> None:
@@ -91,19 +91,20 @@ def main() -> None:
         for case, make in CASES.items():
             for i in range(args.runs):
                 for mon in mons.order(i):
-                    size, secs, cpu, user, sys_, attached = one(mon, ws, make(n), probe,
-                                                                args.attach, stats)
+                    v, size, secs, cpu, user, sys_, attached = one(mon, ws, make(n), probe,
+                                                                   args.attach, stats)
                     if args.attach and attached != n:
                         raise SystemExit(f"{mon.name}: attach client got {attached} of {n} bytes")
-                    res.add(f"{case}: MiB/s", mon.name, args.mib / secs, "")
-                    res.add(f"{case}: monitor CPU", mon.name, cpu, "s")
-                    res.add(f"{case}:   user (ticks)", mon.name, user, "s")
-                    res.add(f"{case}:   sys (ticks)", mon.name, sys_, "s")
+                    res.add(f"{case}: MiB/s", v, args.mib / secs, "")
+                    res.add(f"{case}: monitor CPU", v, cpu, "s")
+                    res.add(f"{case}:   user (ticks)", v, user, "s")
+                    res.add(f"{case}:   sys (ticks)", v, sys_, "s")
         if mons.server is not None:
             print(f"warm launches served by the server: {stats['warm']} of {stats['launches']}")
         print(res.table(mons.names))
     finally:
         mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import _signal as signal
 import time
 
-from pymon import procattrs
+from pymon import procattrs, signals
 
 TYPE_CHECKING = False  # annotations only (PEP 563): not imported at run time
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def run_exit_command(command: str, args: tuple[str, ...], delay: int,
     if pid == 0:
         try:
             # X gets a clean signal state (conmon leaks its blocked SIGCHLD/SIGUSR1; we don't).
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            signals.restore_defaults()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 signal.signal(sig, signal.SIG_DFL)
             if delay > 0:

@@ -15,7 +15,7 @@ import os
 # for IntEnum wrappers we do not need; the functions and constants are the same.
 import _signal as signal
 
-from pymon import procattrs
+from pymon import procattrs, signals
 from pymon.config import Config
 
 
@@ -115,8 +115,9 @@ def _prepare_child(w: Wiring, parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     # Python-level handlers (SIGTERM forwarding) reset to default at exec by themselves;
-    # the mask must be emptied explicitly. SIGPIPE stays ignored, as under conmon.
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # what we ignore (stray signals) and the mask must be reset explicitly. SIGPIPE stays
+    # ignored, as under conmon.
+    signals.restore_defaults()
     for target, fd in ((0, w.stdin), (1, w.stdout), (2, w.stderr)):
         if fd is None:
             continue

@@ -11,7 +11,7 @@ import os
 # _signal, not signal: the public module imports enum (~4 ms on the start-up path)
 import _signal as signal
 
-from pymon import procattrs
+from pymon import procattrs, signals
 from pymon.cli import Frozen, parse_args, version_text
 from pymon.config import Config, build_config, check_log_rules
 from pymon.diag import log
@@ -45,6 +45,7 @@ def begin() -> None:
     os.umask(0o022)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signals.ignore_stray()  # a stray SIGHUP/SIGUSR1/... must not lose the container's exit
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -88,7 +88,8 @@ def _process_state(req: Request) -> str | None:
         problem = f"Failed to change to the launcher's directory: {e.strerror}"
     os.umask(req.umask)
     for lim in req.rlimits:
-        want = tuple(resource.RLIM_INFINITY if v == -1 else v for v in (lim.soft, lim.hard))
+        want = (resource.RLIM_INFINITY if lim.soft == -1 else lim.soft,
+                resource.RLIM_INFINITY if lim.hard == -1 else lim.hard)
         try:
             if resource.getrlimit(lim.resource) != want:
                 resource.setrlimit(lim.resource, want)

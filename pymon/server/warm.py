@@ -63,6 +63,13 @@ def warm() -> None:
     parse_args(["--api-version", "1", "-c", "warm", "-u", "warm", "-r", "/bin/true",
                 "-b", "/", "-l", "k8s-file:/dev/null", "--exit-dir", "/"])
     sync.encode("data", 1, "warm")
+    # the request path too: msgspec builds its decoder state on first use
+    from pymon import handover
+    from pymon.server.wire import decode_request
+
+    decode_request(handover.encode_request(
+        handover.__name__, os.getpid(), [b"pymon"], [b"A=b"], b"/", 0o22, [0], [(7, 1, 2)],
+        0, 0, 0, 0), 1)
     logformat.records(b"warm\n", b"stdout", logformat.timestamp())
     trio.run(_workload)
     gc.collect()

@@ -337,3 +337,76 @@ def test_cgroup_join_failure_reaches_the_engine(bundles: Bundles, warm: Launcher
         except OSError:
             pass
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+RECORDING_RUNTIME = """#!/bin/sh
+# runc, after writing down the process it was started as: what a monitor hands its runtime
+case " $* " in
+*" create "*)
+    {{
+        echo "== env"; env | grep -v '^PYMON_' | sort
+        echo "== cwd"; pwd
+        echo "== umask"; umask
+        echo "== status"; grep -E '^(Sig(Blk|Ign)|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Groups|Uid|Gid):' /proc/$$/status
+        echo "== limits"; cat /proc/$$/limits
+        echo "== oom"; cat /proc/$$/oom_score_adj
+        echo "== nice"; cut -d' ' -f19 /proc/$$/stat
+        echo "== cgroup"; cat /proc/$$/cgroup
+        # a glob, not `ls | ...`: a pipeline's pipe would show among the shell's fds
+        echo "== fds"; for f in /proc/$$/fd/*; do printf '%s ' "${{f##*/}}"; done; echo
+        sid=$(cut -d' ' -f6 /proc/$$/stat)
+        echo "== session"; [ "$sid" = "$PPID" ] && echo "M leads the session" || echo "other"
+    }} > "{out}.$1$$"
+    ;;
+esac
+exec {runc} "$@"
+"""
+
+
+def test_warm_and_cold_monitors_give_the_runtime_the_same_process(bundles: Bundles, tmp_path: Path,
+                                                                  server: WarmServer) -> None:
+    """Indistinguishable: the same launch, cold and then warm, with the launcher moved into
+    a cgroup before the start byte as podman does, and an extra engine fd, an odd umask,
+    cwd, nice value and rlimit; the runtime sees the same environment, cwd, umask, signal
+    state, capabilities, limits, oom_score_adj, nice value, cgroups, fd numbers and session."""
+    out = tmp_path / "seen"
+    rt = tmp_path / "recording-runc"
+    rt.write_text(RECORDING_RUNTIME.format(out=out, runc=RUNC))
+    rt.chmod(0o755)
+    cg = Path("/sys/fs/cgroup/pids") / f"pymon-test-{os.getpid()}"
+    cg.mkdir()
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    extra_r, extra_w = os.pipe()
+    seen = {}
+    try:
+        for mode, srv in (("cold", None), ("warm", server)):
+            launcher = Launcher(tmp_path, srv)
+            try:
+                wrapper = ["sh", "-c", 'umask 027; ulimit -n 2000; exec nice -n 3 "$@"', "sh"]
+                session, paths = launcher.create(
+                    bundles.make(["true"]), runtime=str(rt), send_start=False,
+                    extra_fds=[extra_r], cwd=str(workdir), wrapper=wrapper)
+                wait_for(lambda: session.p0.pid and Path(f"/proc/{session.p0.pid}/cmdline")
+                         .read_bytes().find(b"pymon") >= 0, what="the launcher running")
+                (cg / "cgroup.procs").write_text(str(session.p0.pid))  # what podman does
+                session.send_start()
+                assert session.wait_p0() == 0, session.p0_stderr
+                assert json.loads(session.read_sync())["data"] > 0
+                if srv is not None:
+                    assert ppid(session.monitor_pid) == srv.pid
+                start_and_wait(session, paths.cid)
+                assert paths.exit_file.read_bytes() == b"0"
+                [record] = list(tmp_path.glob("seen.--*")) or list(tmp_path.glob("seen.*"))
+                seen[mode] = record.read_text()
+                record.unlink()
+            finally:
+                launcher.cleanup()
+    finally:
+        os.close(extra_r)
+        os.close(extra_w)
+        cg.rmdir()
+    assert f"/pymon-test-{os.getpid()}" in seen["cold"]
+    assert "M leads the session" in seen["cold"]
+    assert f" {extra_r} " in seen["cold"].partition("== fds")[2]  # the engine's extra fd
+    assert seen["warm"] == seen["cold"]

@@ -787,7 +787,7 @@ exec {runc} "$@"
 
 @pytest.mark.timeout(60)
 def test_oom_kill_before_the_monitor_watches(other_podman: Callable[..., Podman],
-                                             tmp_path: Path) -> None:
+                                             monitors: Monitors, tmp_path: Path) -> None:
     """An OOM kill between the pid message and the monitor arming its cgroup v1 watch (see
     EARLY_START_RUNTIME) must still give OOMKilled: the container's fresh memory cgroup
     counts it in memory.oom_control's oom_kill."""
@@ -796,7 +796,15 @@ def test_oom_kill_before_the_monitor_watches(other_podman: Callable[..., Podman]
     wrapper.chmod(0o755)
     podman = other_podman(runtime=str(wrapper))
     r = podman.run("--name", "early-hog", "--memory", "16m", IMAGE, "sh", "-c", "tail /dev/zero")
-    assert (r.returncode, r.stdout, r.stderr) == (137, b"", b"")
+    if monitors.server is None:
+        assert (r.returncode, r.stdout, r.stderr) == (137, b"", b"")
+    else:
+        # A warm monitor has its loop running when it sends the pid: it may have recorded
+        # this already-dead container's exit and closed its attach socket before `run`
+        # attaches (a cold one is still importing trio). The exit and the OOM kill are
+        # what must not be lost.
+        assert (r.returncode, r.stdout) in ((137, b""), (126, b"")), r
+        assert r.returncode == 137 or r.stderr.endswith(b"connection refused\n"), r
     assert_exited(podman, "early-hog", 137)
     assert podman.inspect("early-hog", "{{.State.OOMKilled}}") == "true"
 
