@@ -33,7 +33,7 @@ from pymon.logs import K8sFileLog, LogSink, Sinks
 from pymon.monitor.setup import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
-from pymon.status import report_on_sigusr1
+from pymon.status import report_on_sigusr1, snapshot
 from pymon.stdio import Relay, pump
 
 # After the container's pid exits, processes it left behind may hold its output pipes. We
@@ -86,7 +86,7 @@ class Monitor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reaper.run)
                 nursery.start_soon(forward_signals, self.reaper)
-                nursery.start_soon(report_on_sigusr1, self)
+                nursery.start_soon(report_on_sigusr1, lambda: snapshot(self))
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 if self.l.early_ctl is not None:
                     self.l.early_ctl.stop()  # from here on the tasks below serve the fifos

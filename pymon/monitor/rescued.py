@@ -4,12 +4,13 @@ the server kept: the container's output pipes (dups), the launcher's request (ar
 environment, cwd, limits) and the container's wait status, which the server reaps (the
 container was re-parented to it) and writes to `status_fd`.
 
-    mirror the launcher again (environment, cwd, limits, signals), rebuild the config from
+    mirror the launcher again (environment, cwd, limits, signals; stray signals ignored, as
+    the monitor's are: pymon/signals.py), rebuild the config from
     argv, join the dead monitor's cgroups, write our pid to the conmon pidfile, watch the
     container's memory cgroup, cut a record the monitor was killed in the middle of,
     reopen the log (append; its size counts toward the cap)
     trio: relay the pipes into the log and watch for OOM kills until the container has
-    exited, then drain
+    exited (SIGUSR1: the monitor's state report, status.py), then drain
     oom files, fsync, exit files (persist-dir, then exit-dir), attach socket removed, exit
     command
 
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from pymon import procattrs, terminal
+from pymon import procattrs, signals, terminal
 from pymon.attach import AttachServer, Stdin
 from pymon.cli import parse_args
 from pymon.config import Config, build_config
@@ -49,6 +50,7 @@ from pymon.server import cgroups, rescuewire, twin
 from pymon.server.rescue import STATUS_SIZE, Job, describe
 from pymon.server.wire import MASK64
 from pymon.sockets import attach_symlink_base
+from pymon.status import State, gather, report_on_sigusr1
 from pymon.stdio import Relay, pump
 
 
@@ -56,6 +58,8 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     """The replacement's whole life; returns its exit status."""
     req = job.req
     twin._signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
+    # as the monitor's (prepare.begin): a stray signal must not lose the exit again
+    signals.ignore_stray()
     keep = {fd for _, fd in job.fds} | {fd for fd in (job.status_fd, job.channel)
                                          if fd is not None}
     procattrs.close_fds_except(keep)  # the server's: listener, channels, other containers'
@@ -115,7 +119,7 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
         (_open_fifo(config, "winsz"), control.winsz_lines, control.on_winsz)) if fds is not None]
     # Our own line to the server: killed in turn, we are replaced in turn
     lifeline = Lifeline(job.channel) if job.channel is not None else None
-    life = _Life(job, relays, attach, oom_watch, lifeline, fifos)
+    life = _Life(job, relays, attach, oom_watch, lifeline, fifos, sinks)
     try:
         code = trio.run(life.run)
     except Exception:  # noqa: BLE001 - as life.run: the exit is recorded all the same
@@ -191,10 +195,17 @@ class _Life:
     drained and handed to the clients."""
 
     def __init__(self, job: Job, relays: list[Relay], attach: AttachServer | None,
-                 oom_watch: OomWatcher, lifeline: Lifeline | None, fifos: list[Fifo]) -> None:
+                 oom_watch: OomWatcher, lifeline: Lifeline | None, fifos: list[Fifo],
+                 sinks: Sinks) -> None:
         self.job, self.relays, self.attach = job, relays, attach
         self.oom_watch, self.lifeline, self.fifos = oom_watch, lifeline, fifos
+        self.sinks = sinks
         self.code: int | None = job.code
+
+    def _state(self) -> State:
+        """The SIGUSR1 report, as the monitor's (status.py)."""
+        return gather(self.job.container_pid, self.code is None, self.relays, self.attach,
+                      self.sinks)
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -207,6 +218,7 @@ class _Life:
                 self.attach.accept_pending()
                 clients.start_soon(self.attach.serve)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(report_on_sigusr1, self._state)
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 nursery.start_soon(self.oom_watch.run)
                 for (r, _), lines, handle in self.fifos:

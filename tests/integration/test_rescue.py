@@ -9,16 +9,20 @@ import datetime
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pymon.entrypoint import import_roots
+from pymon.launcher.build import build, compiler
 from pymon.oom import is_cgroup2
+from pymon.signals import STRAY
 from tests.conftest import Bundles, Launcher, ppid
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import sigkill_when_idle, wait_for
+from tests.fakes.engine import PYMON, sigkill_when_idle, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -350,3 +354,63 @@ def test_attach_input_reaches_a_tty_after_the_rescue(bundles: Bundles, warm: Lau
     assert paths.exit_file.read_bytes() == b"3"
     session.wait_monitor()
     assert b" stdout F got:hello\r\n" in paths.log.read_bytes()
+
+
+@pytest.fixture
+def c_launcher(tmp_path: Path) -> list[str]:
+    """A wrapper for Session that runs the compiled launcher, podman's `conmon`, in place
+    of `python -m pymon`: the Python launcher ignores the stray signals before it asks
+    the server, so the request would say they are ignored already; the C launcher leaves
+    them as the engine gave them (default), as in production."""
+    if compiler() is None:
+        pytest.skip("no C compiler (sysconfig CC, cc)")
+    dest = tmp_path / "bin" / "pymon"
+    dest.parent.mkdir()
+    assert build(str(dest), sys.executable, import_roots())
+    wrapper = tmp_path / "bin" / "as-c-launcher"
+    wrapper.write_text(f'#!/bin/sh\nshift {len(PYMON)}\nexec {dest} "$@"\n')
+    wrapper.chmod(0o755)
+    return [str(wrapper)]
+
+
+def test_stray_signals_and_the_usr1_report_after_the_rescue(bundles: Bundles, warm: Launcher,
+                                                            server: WarmServer,
+                                                            c_launcher: list[str]) -> None:
+    """The replacement is a monitor like the one it replaces: a stray signal (SIGHUP,
+    SIGUSR2, ...) does not end it (which would only bring another replacement), and
+    SIGUSR1 gets the state report, in its diagnostics (the server's stderr)."""
+    bundle = bundles.make(["sh", "-c", ('echo ready; while read x; do '
+                                        '[ "$x" = quit ] && exit 6; echo "got $x"; done')],
+                          tty=True)
+    session, paths = warm.create_ok(bundle, "-t", wrapper=c_launcher)
+    monitor = session.monitor_pid
+    assert ppid(monitor) == server.pid  # warm, through the C launcher
+    container = int(paths.pidfile.read_text())
+    runc_start(paths.cid)
+    server.wait_for(f"monitor {monitor} registered container pid {container}".encode())
+    wait_for(lambda: b"ready\r\n" in paths.log.read_bytes(), what="the first line")
+    sigkill_when_idle(monitor)
+    wait_for(lambda: session.monitor_pid != monitor, what="the replacement")
+    replacement = session.monitor_pid
+    sock = connect(bundle / "attach")
+    try:
+        # a round trip through the replacement: its tasks (the report's among them) run
+        sock.send(b"one\n")
+        read_until_eof(sock, until=b"got one\r\n", timeout=30)
+        for sig in STRAY:
+            os.kill(replacement, sig)
+        sock.send(b"two\n")  # alive and serving after them all
+        read_until_eof(sock, until=b"got two\r\n", timeout=30)
+        report = server.wait_for(b"0 log lines (0 bytes) dropped")
+        assert re.search(rb"state: container pid %d running; relayed stdout \d+ bytes; "
+                         rb"1 attach clients \(0 dropped as stalled\); log file \d+ bytes; "
+                         rb"0 log lines \(0 bytes\) dropped" % container, report), report
+        sock.send(b"quit\n")
+        assert read_until_eof(sock, timeout=30).eof
+    finally:
+        sock.close()
+    wait_for(paths.exit_file.exists, what="the exit file")
+    assert paths.exit_file.read_bytes() == b"6"
+    assert session.monitor_pid == replacement
+    session.wait_monitor()
+    assert server.log.count(b"takes over") == 1, server.log
