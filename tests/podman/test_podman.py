@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import RUNC
-from tests.fakes.engine import wait_pid_gone
+from tests.fakes.engine import sigkill_when_idle, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
-from tests.podman.conftest import _ppid, IMAGE, LIMITS, Monitors, Podman, podman_available
+from tests.podman.conftest import (_ppid, IMAGE, LIMITS, Monitors, Podman, podman_available,
+                                   runc_leftovers)
 
 pytestmark = [pytest.mark.podman,
               pytest.mark.skipif(not podman_available(),
@@ -888,3 +889,47 @@ def test_twenty_containers_in_parallel(podman: Podman, monitors: Monitors) -> No
     assert sorted(states.decode().splitlines()) == [f"{n} 137" for n in names]
     left = monitors.wait_until(set(), timeout=30)
     assert not left, monitors.describe(left)
+
+
+# --- 13. a killed monitor ---------------------------------------------------------------------
+
+@pytest.mark.timeout(180)
+def test_killed_monitor_is_rescued(podman: Podman, monitors: Monitors) -> None:
+    """SIGKILL the monitor (as the OOM killer would) while the container writes a line every
+    ~2 ms: the server's replacement keeps the log complete, `podman wait` gets the real
+    exit code, and `podman rm` leaves no runc state. A container whose monitor was killed
+    still stops at once. conmon (and a cold pymon) lose all of it: there is no parent left
+    to rescue them (containers/podman#19629)."""
+    if monitors.server is None:
+        pytest.skip("a cold monitor has no server to rescue it (neither has conmon)")
+    lines = 1500
+    cid = podman.run_d("--name", "orphaned", IMAGE, "sh", "-c",
+                       f"i=0; while [ $i -lt {lines} ]; do echo line-$i; i=$((i+1)); "
+                       "sleep 0.002; done; exit 7")
+    podman.wait_logs("orphaned", b"line-100\n")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    sigkill_when_idle(monitor)  # not between reading a chunk and writing it
+    monitors.server.wait_for(b"takes over")
+    assert podman.ok("wait", "orphaned", timeout=60) == b"7\n"
+    r = podman("logs", "orphaned")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout == "".join(f"line-{i}\n" for i in range(lines)).encode()
+    assert all(flag == b"F" for flag, _ in stream(log_records(podman, cid), b"stdout"))
+    assert_exited(podman, "orphaned", 7)
+    assert podman.ok("rm", "orphaned") == b"orphaned\n"
+    assert runc_leftovers(podman) == []
+
+    # a long-running container whose monitor was killed: `podman stop` returns at once
+    cid = podman.run_d("--name", "stoppable", IMAGE, "sh", "-c",
+                       'trap "exit 0" TERM; echo ready; while :; do sleep 0.1; done')
+    podman.wait_logs("stoppable", b"ready\n")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    os.kill(monitor, signal.SIGKILL)
+    monitors.server.wait_for(b"container " + cid.encode() + b" killed by signal 9")
+    wait_pid_gone(monitor, 10)
+    start = time.monotonic()
+    assert podman.ok("stop", "-t", "30", "stoppable") == b"stoppable\n"
+    assert time.monotonic() - start < 10
+    assert_exited(podman, "stoppable", 0)
+    assert podman.ok("rm", "stoppable") == b"stoppable\n"
+    assert runc_leftovers(podman) == []

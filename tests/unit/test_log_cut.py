@@ -118,3 +118,27 @@ def test_sink_rolls_back_a_record_it_cannot_complete(tmp_path: Path) -> None:
     assert len(data) == (1000 // per_line) * per_line
     assert [c for _, _, c in parse_log(data)] == [b"before%04d" % i for i in range(1000 // per_line)]
     assert sink.dropped_lines == 50 - 1000 // per_line
+
+
+def test_a_monitor_killed_with_a_cut_record_open_is_handed_over_whole(
+        tmp_path: Path, fsize_limit: None) -> None:
+    """A warm monitor killed (no finish) while a full disk left its last record cut: the
+    replacement's hand-over (pymon/monitor/rescued.py) cuts that record away before it
+    appends, so the log a rescue leaves has only whole records too."""
+    from pymon.logs import cut_torn_record
+
+    path = tmp_path / "ctr.log"
+    dead = K8sFileLog(str(path), open_k8s_file(str(path)))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+    dead.write(lines("before", 50), STDOUT, TS)
+    assert dead.rest and dead.cut_head  # the file ends in the head of a record
+    dead.close()  # killed: what it held open is closed by the kernel, nothing else
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert cut_torn_record(str(path)) == dead.cut_head
+    sink = K8sFileLog(str(path), open_k8s_file(str(path)))
+    sink.write(lines("after", 3), STDOUT, TS)
+    sink.finish(sync=False)
+    sink.close()
+    whole = 1000 // len(recs(b"before0000\n"))
+    assert [c for _, _, c in parse_log(path.read_bytes())] == (
+        [b"before%04d" % i for i in range(whole)] + [b"after%04d" % i for i in range(3)])
