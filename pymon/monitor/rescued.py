@@ -66,6 +66,7 @@ def run(job: Job, mounts: list[cgroups.Mount]) -> int:
     _null_stdio(0, 1)  # stderr stays the server's until the exit command: diagnostics
     log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
     problem = twin._process_state(req)
+    os.umask(0o022)  # as the monitor's (prepare.begin): exit files get the same modes
     os.setsid()
     parsed = parse_args([os.fsdecode(a) for a in req.argv[1:]])
     if isinstance(parsed, str):  # --help: the monitor could not have registered

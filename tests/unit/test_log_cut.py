@@ -121,7 +121,7 @@ def test_sink_rolls_back_a_record_it_cannot_complete(tmp_path: Path) -> None:
 
 
 def test_a_monitor_killed_with_a_cut_record_open_is_handed_over_whole(
-        tmp_path: Path, fsize_limit: None) -> None:
+        tmp_path: Path) -> None:
     """A warm monitor killed (no finish) while a full disk left its last record cut: the
     replacement's hand-over (pymon/monitor/rescued.py) cuts that record away before it
     appends, so the log a rescue leaves has only whole records too."""
@@ -129,11 +129,10 @@ def test_a_monitor_killed_with_a_cut_record_open_is_handed_over_whole(
 
     path = tmp_path / "ctr.log"
     dead = K8sFileLog(str(path), open_k8s_file(str(path)))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
-    dead.write(lines("before", 50), STDOUT, TS)
+    with fsize_limit(1000):
+        dead.write(lines("before", 50), STDOUT, TS)
+        dead.close()  # killed: what it held open is closed by the kernel, nothing else
     assert dead.rest and dead.cut_head  # the file ends in the head of a record
-    dead.close()  # killed: what it held open is closed by the kernel, nothing else
-    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert cut_torn_record(str(path)) == dead.cut_head
     sink = K8sFileLog(str(path), open_k8s_file(str(path)))
     sink.write(lines("after", 3), STDOUT, TS)
