@@ -21,6 +21,17 @@ from pymon.diag import log
 
 MAX_LINE = 199
 MAX_SIZE = 1000  # conmon 2.2+: sizes outside 0..1000 are rejected
+# How long a new terminal-mode container's monitor waits, idle, for the engine's first
+# size before it starts its tasks (cold: before it imports trio; warm: trio is loaded)
+# (EarlyServer.wait_first_resize). podman 4.3.1 under busy loops on both cores sends it
+# within ~100 ms of the pid message.
+FIRST_RESIZE_WAIT = 1.0
+# The early server's nice increment (it needs CAP_SYS_NICE). Every monitor on the host
+# shares one cgroup (podman: <cgroup parent>/conmon), where other pymon monitors start up
+# and import trio in Python; among them the early server must run at once when the size
+# comes. It only waits in poll, and lives until its monitor's own tasks take over.
+# bench/tty_race.py measures the race.
+EARLY_SERVER_NICE = -10
 
 
 def _decimal(field: bytes) -> int | None:
@@ -101,6 +112,15 @@ class Control:
         # the fifos' partial lines, carried from the launch path into the monitor
         self.ctl_lines = LineSplitter()
         self.winsz_lines = LineSplitter()
+        self.resized = False  # a size has been applied to the pty
+        self.on_resized: Callable[[], None] | None = None  # called after each one
+
+    def _resize(self, h: int, w: int) -> None:
+        if self.resize is not None:
+            self.resize(h, w)
+            self.resized = True
+            if self.on_resized is not None:
+                self.on_resized()
 
     def on_ctl(self, line: bytes) -> None:
         parsed = parse_ctl(line)
@@ -109,8 +129,7 @@ class Control:
             return
         kind, h, w = parsed
         if kind == 1:
-            if self.resize is not None:
-                self.resize(h, w)
+            self._resize(h, w)
         elif kind == 2:
             self.reopen()
         else:
@@ -120,33 +139,46 @@ class Control:
         parsed = parse_winsz(line)
         if parsed is None:
             log.warning("winsz: invalid message %r ignored", line[:64])
-        elif self.resize is not None:
-            self.resize(*parsed)
+        else:
+            self._resize(*parsed)
+
+
+def _tell(fd: int) -> None:
+    try:
+        os.write(fd, b"s")
+    except OSError:
+        pass  # the parent is gone, or stopped listening with the pipe full: nothing to tell
 
 
 class EarlyServer:
     """Serves ctl/winsz between the pid message and the monitor's own tasks (terminal
     mode). The engine resizes the pty right after it gets the pid and then starts the
-    container at once; trio's import takes ~100 ms, and a resize waiting that long arrives
-    after the container has looked at its size (conmon's loop is already up).
+    container at once; a cold monitor's trio import takes ~100 ms, and a resize waiting that
+    long arrives after the container has looked at its size (conmon's loop is already up).
 
     A forked process, not a thread: the main thread's import holds the GIL, and a thread
     lost this race now and then under load. The child holds only the fifos' read ends and
     the pty master; at `stop` it hands back its unfinished partial lines and whether a log
-    reopen was asked for."""
+    reopen was asked for. It tells the parent, on a pipe, when it has applied a size (see
+    `wait_first_resize`)."""
 
     def __init__(self, control: Control, ctl: tuple[int, int] | None,
                  winsz: tuple[int, int] | None, master: int) -> None:
         self.control = control
+        self.master = master
         self.fifos = [(fds[0], lines, handle) for fds, lines, handle in (
             (ctl, control.ctl_lines, control.on_ctl),
             (winsz, control.winsz_lines, control.on_winsz)) if fds is not None]
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         self.result_r, result_w = os.pipe2(os.O_CLOEXEC)
+        # non-blocking: a storm of resizes must not block the child on a full pipe
+        self.resized_r, resized_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.resized = control.resized  # sizes written before the pty arrived: applied
         self.pid = os.fork()
         if self.pid == 0:  # the child: serve until told to stop, then report and leave
             try:
-                keep = {self.stop_r, result_w, master, *(fd for fd, _, _ in self.fifos)}
+                keep = {self.stop_r, result_w, resized_w, master,
+                        *(fd for fd, _, _ in self.fifos)}
                 import _signal
 
                 from pymon.procattrs import close_fds_except
@@ -156,12 +188,55 @@ class EarlyServer:
                     _signal.signal(sig, _signal.SIG_DFL)  # the monitor's to forward, not ours
                 reopen = []
                 control.reopen = lambda: reopen.append(1)
+                control.on_resized = lambda: _tell(resized_w)
+                try:
+                    os.nice(EARLY_SERVER_NICE)
+                except OSError:
+                    pass  # no CAP_SYS_NICE (rootless): the idle wait must do
                 self._serve()
                 leftover = b"\0".join(lines.buf for _, lines, _ in self.fifos)
                 os.write(result_w, (b"R" if reopen else b"-") + leftover)
             finally:
                 os._exit(0)
         os.close(result_w)
+        os.close(resized_w)
+
+    def wait_first_resize(self, container_pid: int, timeout: float = FIRST_RESIZE_WAIT) -> None:
+        """Block, idle, until a size has been applied to the pty, the container has written
+        to it or exited, or `timeout` seconds have passed.
+
+        Called right after the pid message of a new container, before the monitor starts
+        its tasks (cold: before it imports trio), in both modes. The engine starts the
+        container at once and sends the size (`podman run -it`: from a goroutine,
+        concurrently with `runc start`); the child must apply it before the container's
+        first instruction. A cold monitor's import is ~100 ms of CPU in the child's own
+        cgroup: run then, under load, it kept the child from being scheduled in time
+        (bench/tty_race.py); a warm monitor has trio loaded, but starting its tasks is CPU
+        there too. conmon is idle there.
+
+        Once the container has written or exited, its first instruction is past and the race
+        decided either way. The timeout bounds the wait when no size comes (no terminal on
+        the engine's side, a detached or not yet started container): the monitor's tasks
+        then start that much later; the container meanwhile runs, its output waits in the
+        pty, and signals are forwarded by the launch path's handler."""
+        if self.resized:
+            return
+        import select
+
+        poller = select.poll()
+        for fd in (self.resized_r, self.master):
+            poller.register(fd, select.POLLIN)
+        try:
+            pidfd = os.pidfd_open(container_pid)  # a zombie's too: C is our child
+        except OSError:
+            pidfd = None  # gone, or not ours to see: the master's hang-up still ends the wait
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        try:
+            poller.poll(int(timeout * 1000))
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     def _serve(self) -> None:
         import select
@@ -185,7 +260,7 @@ class EarlyServer:
         result = b""
         while chunk := os.read(self.result_r, 65536):
             result += chunk
-        for fd in (self.stop_r, self.stop_w, self.result_r):
+        for fd in (self.stop_r, self.stop_w, self.result_r, self.resized_r):
             os.close(fd)
         try:
             os.waitpid(self.pid, 0)

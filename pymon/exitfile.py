@@ -15,6 +15,10 @@ import time
 
 from pymon import procattrs, signals
 
+TYPE_CHECKING = False  # annotations only (PEP 563): not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def write_atomic(path: str, text: str) -> None:
     """Create `path.XXXXXX` (O_EXCL, 0666 & ~umask), write, rename: a reader that sees the
@@ -65,11 +69,13 @@ def write_exit_files(exit_dir: str | None, persist_dir: str | None, cid: str,
 
 
 def run_exit_command(command: str, args: tuple[str, ...], delay: int,
-                     oom_score_adj: bytes | None, keep: frozenset[int] = frozenset()) -> None:
+                     oom_score_adj: bytes | None, keep: frozenset[int] = frozenset(),
+                     forked: Callable[[], None] | None = None) -> None:
     """Close our fds but `keep` (the sync pipe included, so the engine sees EOF), leave
     subreaper mode, fork X, exec the command after `delay` seconds, and wait for X and every
     other child. Its status does not change ours (conmon's observable behaviour). X inherits
-    none of `keep`: they are CLOEXEC."""
+    none of `keep`: they are CLOEXEC. `forked` is called once X exists (a warm monitor tells
+    its server that nothing is left to rescue)."""
     from pymon import _native
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -91,6 +97,8 @@ def run_exit_command(command: str, args: tuple[str, ...], delay: int,
             os.execv(command, [command, *args])
         finally:
             os._exit(1)
+    if forked is not None:
+        forked()
     wait_all_children()
 
 

@@ -77,6 +77,17 @@ def records(chunk: bytes, stream: bytes, ts: bytes) -> list[bytes]:
     return out
 
 
+def torn_tail(tail: bytes, at_start: bool) -> int | None:
+    """How many bytes at the end of a k8s log are a record cut short (a monitor killed in
+    the middle of its write): the bytes after the last newline in `tail`, the file's last
+    bytes. None when `tail` has no newline and does not reach back to the file's start
+    (`at_start`): read further back."""
+    nl = tail.rfind(b"\n")  # not `cut`: that is the failed write's function below
+    if nl < 0:
+        return len(tail) if at_start else None
+    return len(tail) - nl - 1
+
+
 FLAG_OFFSET = 43  # `TS` (35 bytes, fixed width) + " stdout " / " stderr "
 
 

@@ -52,6 +52,41 @@ def open_k8s_file(path: str) -> int:
     return fd
 
 
+def cut_torn_record(path: str, block: int = 65536) -> int:
+    """Remove a record cut short at the end of the k8s file (its writer was killed in the
+    middle of a write), so that what is appended next starts on a line of its own and
+    every line parses. Returns the bytes removed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        if not stat_is_regular(fd):
+            return 0
+        size = end = os.fstat(fd).st_size
+        while end > 0:
+            start = max(0, end - block)
+            torn = logformat.torn_tail(os.pread(fd, end - start, start), at_start=start == 0)
+            if torn is not None:
+                torn += size - end
+                if torn:
+                    os.ftruncate(fd, size - torn)
+                return torn
+            end = start
+        return 0
+    except OSError as e:
+        log.warning("failed to check the end of log file %s: %s", path, e.strerror)
+        return 0
+    finally:
+        os.close(fd)
+
+
+def stat_is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
 class K8sFileLog(LogSink):
     """k8s-file driver: framing from logformat; at --log-size-max conmon's truncation (the
     file is replaced by an empty one) or, with --log-rotate, rotation to .1 ... .N."""

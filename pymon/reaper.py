@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 import trio
 
@@ -14,10 +15,18 @@ from pymon.diag import log
 class Reaper:
     """On every SIGCHLD, reap all exited children; record the container's wait status."""
 
-    def __init__(self, container_pid: int) -> None:
+    def __init__(self, container_pid: int,
+                 on_exit: Callable[[int], None] | None = None) -> None:
         self.container_pid = container_pid
         self.wait_status: int | None = None
         self.exited = trio.Event()
+        self.on_exit = on_exit  # called with the wait status the moment it is known
+
+    def _record(self, wait_status: int) -> None:
+        self.wait_status = wait_status
+        self.exited.set()
+        if self.on_exit is not None:
+            self.on_exit(wait_status)
 
     def sweep(self) -> None:
         while True:
@@ -29,8 +38,7 @@ class Reaper:
             if pid == 0:
                 return
             if pid == self.container_pid and not self.exited.is_set():
-                self.wait_status = status
-                self.exited.set()
+                self._record(status)
             else:
                 log.debug("reaped pid %d with status %d", pid, status)
 
@@ -42,8 +50,7 @@ class Reaper:
         try:
             os.kill(self.container_pid, 0)
         except ProcessLookupError:
-            self.wait_status = 0
-            self.exited.set()
+            self._record(0)
         except PermissionError:
             pass
 
@@ -67,8 +74,7 @@ class Reaper:
             await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
-        self.wait_status = 0
-        self.exited.set()
+        self._record(0)
 
 
 def _is_child(pid: int) -> bool:

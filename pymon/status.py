@@ -17,7 +17,12 @@ from pymon.logs import K8sFileLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pymon.attach import AttachServer
+    from pymon.logs import Sinks
     from pymon.monitor.life import Monitor
+    from pymon.stdio import Relay
 
 
 class State(Frozen):
@@ -50,20 +55,28 @@ def format_state(s: State) -> str:
 
 
 def snapshot(m: Monitor) -> State:
-    files = [s for s in m.sinks.sinks if isinstance(s, K8sFileLog)]
+    return gather(m.l.container_pid, not m.reaper.exited.is_set(), m.relays, m.attach,
+                  m.sinks)
+
+
+def gather(pid: int, running: bool, relays: list[Relay], attach: AttachServer | None,
+           sinks: Sinks) -> State:
+    """The state of a monitor's parts: the monitor's own, or a replacement's
+    (monitor/rescued.py), which has the same parts but no Monitor."""
+    files = [s for s in sinks.sinks if isinstance(s, K8sFileLog)]
     return State(
-        pid=m.l.container_pid, running=not m.reaper.exited.is_set(),
-        relayed=tuple((r.stream.decode(), r.relayed) for r in m.relays),
-        attach_clients=None if m.attach is None else len(m.attach.clients),
-        attach_stalled=0 if m.attach is None else m.attach.stalled,
+        pid=pid, running=running,
+        relayed=tuple((r.stream.decode(), r.relayed) for r in relays),
+        attach_clients=None if attach is None else len(attach.clients),
+        attach_stalled=0 if attach is None else attach.stalled,
         log_size=files[0].written if files else None,
         dropped_lines=sum(f.dropped_lines for f in files),
         dropped_bytes=sum(f.dropped_bytes for f in files))
 
 
-async def report_on_sigusr1(m: Monitor) -> None:
-    """While the container runs: each SIGUSR1 logs the state (trio restores SIG_IGN, set
+async def report_on_sigusr1(state: Callable[[], State]) -> None:
+    """While the container runs: each SIGUSR1 logs `state()` (trio restores SIG_IGN, set
     by signals.ignore_stray, when this ends)."""
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async for _ in signals:
-            log.report("%s", format_state(snapshot(m)))
+            log.report("%s", format_state(state()))

@@ -24,6 +24,7 @@ import trio
 
 from pymon import sync
 from pymon.attach import AttachServer, Stdin
+from pymon.config import Config
 from pymon.ctl import LineSplitter, read_pending
 from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
@@ -32,7 +33,7 @@ from pymon.logs import K8sFileLog, LogSink, Sinks
 from pymon.monitor.setup import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
-from pymon.status import report_on_sigusr1
+from pymon.status import report_on_sigusr1, snapshot
 from pymon.stdio import Relay, pump
 
 # After the container's pid exits, processes it left behind may hold its output pipes. We
@@ -51,8 +52,10 @@ class Monitor:
         self.l = launched
         self.config = launched.config
         opts = self.config.opts
-        self.sinks = Sinks(self._make_sinks())
-        self.reaper = Reaper(launched.container_pid)
+        self.sinks = Sinks(make_sinks(self.config, launched.log_fd))
+        lifeline = launched.lifeline
+        self.reaper = Reaper(launched.container_pid, None if lifeline is None else
+                             lambda status: lifeline.exited(exit_status(status)))
         self.stdin = Stdin(launched.stdin_fd) if launched.stdin_fd is not None else None
         self.attach = None
         if launched.attach is not None:
@@ -66,23 +69,6 @@ class Monitor:
         self.control.reopen = self.sinks.reopen
         self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
-
-    def _make_sinks(self) -> list[LogSink]:
-        sinks: list[LogSink] = []
-        opts = self.config.opts
-        path = self.config.logs.k8s_path
-        if self.config.logs.passthrough:
-            return sinks  # the runtime writes to the engine's stdio directly
-        if path is not None and self.l.log_fd is not None:
-            sinks.append(K8sFileLog(path, self.l.log_fd, opts.log_size_max,
-                                    opts.log_global_size_max, opts.log_rotate,
-                                    opts.log_max_files, opts.log_allowlist_dirs))
-        if self.config.logs.journald:
-            from pymon.journald import JournaldLog
-
-            sinks.append(JournaldLog(self.config.cid, opts.name, opts.log_tag, opts.log_labels,
-                                     partial_flag=not opts.no_container_partial_message))
-        return sinks
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -100,7 +86,7 @@ class Monitor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reaper.run)
                 nursery.start_soon(forward_signals, self.reaper)
-                nursery.start_soon(report_on_sigusr1, self)
+                nursery.start_soon(report_on_sigusr1, lambda: snapshot(self))
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 if self.l.early_ctl is not None:
                     self.l.early_ctl.stop()  # from here on the tasks below serve the fifos
@@ -123,8 +109,10 @@ class Monitor:
                 if timer.cancelled_caught:
                     self.timed_out = True
                     kill_container(self.l.container_pid)
+                    if self.l.lifeline is not None:
+                        self.l.lifeline.exited(-1)
                 else:
-                    await self._wait_for_eof()
+                    await wait_for_eof(self.relays)
                 nursery.cancel_scope.cancel()
             if not self.timed_out:
                 for relay in self.relays:
@@ -140,17 +128,6 @@ class Monitor:
             return -1
         assert self.reaper.wait_status is not None
         return exit_status(self.reaper.wait_status)
-
-    async def _wait_for_eof(self) -> None:
-        deadline = trio.current_time() + DRAIN_DEADLINE
-        while trio.current_time() < deadline:
-            with trio.move_on_after(min(DRAIN_IDLE, deadline - trio.current_time())):
-                for relay in self.relays:
-                    await relay.eof.wait()
-                return
-            last = max((r.last_data for r in self.relays), default=0.0)
-            if trio.current_time() - last >= DRAIN_IDLE:
-                return  # held open, but quiet: do not keep the engine waiting
 
     def finish(self, status: int) -> int:
         """Everything after the container's exit, in the contract's order (§8.3). Runs
@@ -186,6 +163,38 @@ class Monitor:
                     except OSError:
                         pass
         return status
+
+
+def make_sinks(config: Config, log_fd: int | None) -> list[LogSink]:
+    """The log sinks the configuration asks for; the k8s file is `log_fd`, opened early."""
+    sinks: list[LogSink] = []
+    opts = config.opts
+    path = config.logs.k8s_path
+    if config.logs.passthrough:
+        return sinks  # the runtime writes to the engine's stdio directly
+    if path is not None and log_fd is not None:
+        sinks.append(K8sFileLog(path, log_fd, opts.log_size_max, opts.log_global_size_max,
+                                opts.log_rotate, opts.log_max_files, opts.log_allowlist_dirs))
+    if config.logs.journald:
+        from pymon.journald import JournaldLog
+
+        sinks.append(JournaldLog(config.cid, opts.name, opts.log_tag, opts.log_labels,
+                                 partial_flag=not opts.no_container_partial_message))
+    return sinks
+
+
+async def wait_for_eof(relays: list[Relay]) -> None:
+    """After the container's exit: until every relay is at EOF, but no longer than
+    DRAIN_DEADLINE, and not while the pipes have been quiet for DRAIN_IDLE."""
+    deadline = trio.current_time() + DRAIN_DEADLINE
+    while trio.current_time() < deadline:
+        with trio.move_on_after(min(DRAIN_IDLE, deadline - trio.current_time())):
+            for relay in relays:
+                await relay.eof.wait()
+            return
+        last = max((r.last_data for r in relays), default=0.0)
+        if trio.current_time() - last >= DRAIN_IDLE:
+            return  # held open, but quiet: do not keep the engine waiting
 
 
 def kill_container(pid: int) -> None:

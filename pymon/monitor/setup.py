@@ -31,6 +31,7 @@ TYPE_CHECKING = False  # annotations only (PEP 563): these are not imported at r
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pymon.monitor.lifeline import Lifeline
     from pymon.oom import OomWatcher
 
 STDIO_PIPE_SIZE = 1 << 20  # fewer, larger reads than the 64 KiB default (see bench/)
@@ -42,7 +43,7 @@ class Launched(Frozen):
     __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
                  "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
                  "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd",
-                 "oom", "pid_sent_at", "early_ctl")
+                 "oom", "pid_sent_at", "early_ctl", "lifeline")
     config: Config
     container_pid: int
     runtime_pid: int
@@ -62,6 +63,7 @@ class Launched(Frozen):
     oom: OomWatcher
     pid_sent_at: float  # time.monotonic() when the pid message went out
     early_ctl: EarlyServer | None  # serves ctl until the monitor's tasks take over
+    lifeline: Lifeline | None  # warm monitors: what the server needs to rescue us
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -110,15 +112,17 @@ class Undo:
                 pass
 
 
-def monitor_process(prep: Prepared, keep: frozenset[int] = frozenset()) -> int:
+def monitor_process(prep: Prepared, keep: frozenset[int] = frozenset(),
+                    lifeline: Lifeline | None = None) -> int:
     """M: everything from setsid to the exit command. Returns M's exit status. `keep` are
-    fds M holds until it exits (a warm launcher's connection, for --sync).
+    fds M holds until it exits (a warm launcher's connection, for --sync). A warm monitor
+    has a `lifeline` to its server, which rescues the container if M is killed.
 
     A set-up failure here is also sent on the sync pipe (conmon sends nothing, and podman
     then reports only "unexpected end of JSON input")."""
     undo = Undo()
     try:
-        return _monitor_process(prep, keep, undo)
+        return _monitor_process(prep, keep, undo, lifeline)
     except PymonError as e:
         undo.run()
         key = sync.message_key(prep.config.api_version, prep.config.opts.exec)
@@ -129,7 +133,8 @@ def monitor_process(prep: Prepared, keep: frozenset[int] = frozenset()) -> int:
         raise
 
 
-def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo) -> int:
+def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo,
+                     lifeline: Lifeline | None) -> int:
     from pymon import _native
 
     config, oom, sync_fd, start_fd = prep.config, prep.oom, prep.sync_fd, prep.start_fd
@@ -249,18 +254,34 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo) -> int:
     import time
 
     pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
+    if early_ctl is not None and not opts.exec and opts.restore is None:
+        early_ctl.wait_first_resize(result)  # the engine starts C now: stay off the CPU
 
     launched = Launched(
         config=config, container_pid=result, runtime_pid=rpid, stdout_fd=stdout_r,
         stderr_fd=stderr_r, stdin_fd=stdin_w, log_fd=prep.log_fd, sync_fd=sync_fd,
         inherited_fds=prep.engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
-        notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at, early_ctl=early_ctl)
+        notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at, early_ctl=early_ctl,
+        lifeline=lifeline if not config.is_exec else None)
+    if launched.lifeline is not None:  # exec sessions are not rescued
+        from pymon.server import rescuewire as rw
+
+        # Not stdin's write end: a dup held elsewhere would keep the container from ever
+        # seeing the EOF the monitor gives it by closing its end
+        launched.lifeline.register(result, [
+            *([(rw.TTY, master)] if master is not None else [
+                (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r)]),
+            (rw.ATTACH, attach.fd if attach is not None else None)])
     from pymon.monitor import life  # imports trio (cold): only now that the engine has the pid
 
     code = life.run(launched)
     if opts.exit_command:
-        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom, keep)
+        run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom,
+                         keep | (lifeline.keep() if lifeline is not None else frozenset()),
+                         forked=lifeline.done if lifeline is not None else None)
+    if lifeline is not None:
+        lifeline.done()  # no exit command (or it could not be forked): done all the same
     return code & 0xFF
 
 

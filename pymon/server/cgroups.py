@@ -99,7 +99,13 @@ def read_mounts() -> list[Mount]:
 def join(pid: int, mounts: list[Mount] | None = None) -> None:
     """Move this process into the cgroups of `pid`. Raises OSError."""
     with open(f"/proc/{pid}/cgroup") as f:
-        theirs = parse_proc_cgroup(f.read())
+        join_listed(f.read(), mounts)
+
+
+def join_listed(proc_cgroup: str, mounts: list[Mount] | None = None) -> None:
+    """Move this process into the cgroups listed in `proc_cgroup` (a /proc/PID/cgroup text
+    read earlier: a killed monitor's, for its replacement). Raises OSError."""
+    theirs = parse_proc_cgroup(proc_cgroup)
     with open("/proc/self/cgroup") as f:
         ours = parse_proc_cgroup(f.read())
     if theirs == ours:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import os
+import resource
 import select
 import signal
 import socket
@@ -23,6 +24,7 @@ from pymon import handover
 from pymon.cli import VERSION
 from pymon.server import cgroups
 from pymon.server.peer import Self
+from pymon.server.rescue import Rescuer
 from pymon.server.stamp import CodeStamp
 from pymon.server.wire import Rejected, Request, decode_request
 
@@ -53,6 +55,8 @@ class Server:
         self.served = self.refused = 0
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller = select.poll()
+        self.rescuer = Rescuer(self.poller, self.mounts, say, self.debug)
 
     def debug(self, text: str) -> None:
         if self.verbose:
@@ -65,7 +69,24 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # reaped in the loop
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._stop)
-        poller = select.poll()
+        try:
+            # A killed monitor's container is re-parented to us, so that we can reap it
+            # and a replacement can record its exit (rescue.py)
+            from pymon import _native
+
+            _native.set_child_subreaper(True)
+        except OSError as e:
+            self.rescuer.enabled = False
+            say(f"not a subreaper ({e.strerror}): killed monitors will not be rescued")
+        try:
+            # A channel and up to two pipe dups per running warm monitor: the default soft
+            # limit (1024) would cap the server near 250 containers. Forked monitors and
+            # replacements take the launcher's limits again (twin._process_state).
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            say(f"cannot raise the open file limit: {e}")
+        poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         say(f"serving on {self.path or 'an inherited socket'} (pymon {VERSION})")
@@ -85,13 +106,16 @@ class Server:
                         poller.unregister(fd)
                         with conn:
                             self._serve(conn)
+                    elif self.rescuer.owns(fd):
+                        self.rescuer.readable(fd)
                     if self.stopping:
                         break
                 self._expire(poller)
                 self._reap()
         finally:
             self.close()
-        say(f"stopped: {self.served} monitors forked, {self.refused} requests refused")
+        say(f"stopped: {self.served} monitors forked, {self.refused} requests refused, "
+            f"{self.rescuer.rescued} containers rescued")
         return 0
 
     def _stop(self, sig: int, frame: object) -> None:
@@ -127,15 +151,18 @@ class Server:
                 conn.close()
 
     def _reap(self) -> None:
-        while self.monitors:
+        """Every child: monitors, their replacements, and (we are a subreaper) whatever is
+        re-parented to us, the containers of killed monitors among them."""
+        while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.monitors.clear()
                 return
             if pid == 0:
                 return
             self.monitors.discard(pid)
+            self.rescuer.reaped(pid, status)
 
     # --- one request -----------------------------------------------------------------
 
@@ -203,15 +230,23 @@ class Server:
     def _fork(self, req: Request, conn: socket.socket, received: list[int]) -> int:
         if threading.active_count() != 1:
             raise Rejected("server has a thread; it will not fork")  # never expected
+        channel = self.rescuer.channel()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            if channel is not None:
+                channel[0].close()
+                channel[1].close()
+            raise Rejected(f"fork failed: {e.strerror}") from None
         if pid == 0:
             status = 1
             try:
                 from pymon.server import twin
 
-                status = twin.run(req, conn.fileno(), received, self.mounts)
+                status = twin.run(req, conn.fileno(), received, self.mounts,
+                                  channel[1].fileno() if channel is not None else None)
             except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
                 try:
                     os.write(2, f"[conmon:e]: warm monitor failed: {e!r}\n".encode())
@@ -219,12 +254,16 @@ class Server:
                     pass
             finally:
                 os._exit(status)
+        if channel is not None:
+            channel[1].close()
+            self.rescuer.watch(pid, channel[0], req)
         return pid
 
     def close(self) -> None:
         for conn, _ in self.pending.values():
             conn.close()
         self.pending.clear()
+        self.rescuer.close()
         if self.path and self.ident is not None:
             try:
                 if os.stat(self.path).st_ino == self.ident:

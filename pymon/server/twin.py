@@ -32,13 +32,17 @@ from pymon.server.wire import MASK64, Request
 _PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _install_fds(targets: list[int], received: list[int], conn: int) -> int:
+def _install_fds(targets: list[int], received: list[int], conn: int,
+                 lifeline: int | None) -> tuple[int, int | None]:
     """Place the received fds at the launcher's numbers and close everything else of the
-    server's, 0-2 included. Returns the connection's new fd (CLOEXEC, above them all)."""
-    base = max([*targets, *received, conn, 2]) + 1
+    server's, 0-2 included. Returns the new fds of the connection and of the rescue
+    channel (CLOEXEC, above them all)."""
+    base = max([*targets, *received, conn, lifeline or 0, 2]) + 1
     conn = fcntl.fcntl(conn, fcntl.F_DUPFD_CLOEXEC, base)
+    if lifeline is not None:
+        lifeline = fcntl.fcntl(lifeline, fcntl.F_DUPFD_CLOEXEC, base)
     staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
-    keep = {conn, *staged}
+    keep = {conn, *staged} | ({lifeline} if lifeline is not None else set())
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in keep:
@@ -49,7 +53,7 @@ def _install_fds(targets: list[int], received: list[int], conn: int) -> int:
     for target, fd in zip(targets, staged):
         os.dup2(fd, target)  # inheritable, as every fd the engine passed is
         os.close(fd)
-    return conn
+    return conn, lifeline
 
 
 def _signal_state(blocked: int, ignored: int) -> None:
@@ -125,10 +129,12 @@ def _send(conn: int, kind: str, value: int = 0, text: str = "") -> None:
         pass  # the launcher is gone: the engine will see it exit abnormally
 
 
-def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount]) -> int:
-    """The forked child's whole life; returns its exit status."""
+def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount],
+        channel: int | None) -> int:
+    """The forked child's whole life; returns its exit status. `channel` is the monitor's
+    end of its rescue channel (pymon/server/rescue.py)."""
     _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
-    conn = _install_fds(list(req.fds), received, conn)
+    conn, channel = _install_fds(list(req.fds), received, conn, channel)
     log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
     _reseed()
     problem = _process_state(req)
@@ -176,7 +182,10 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
         if problem is not None:
             _report(prep, problem)
         else:
-            status = monitor_process(prep, keep)
+            from pymon.monitor.lifeline import Lifeline
+
+            status = monitor_process(prep, keep,
+                                     Lifeline(channel) if channel is not None else None)
     except PymonError:
         status = 1  # already on the sync pipe (monitor_process sends it)
     finally:

@@ -347,7 +347,15 @@ case " $* " in
         echo "== env"; env | grep -v '^PYMON_' | sort
         echo "== cwd"; pwd
         echo "== umask"; umask
-        echo "== status"; grep -E '^(Sig(Blk|Ign)|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Groups|Uid|Gid):' /proc/$$/status
+        # read by the shell itself: while it forks a command such as grep, dash blocks
+        # every signal, and the command could read that passing mask from /proc/$$
+        echo "== status"
+        while IFS= read -r line; do
+            case $line in
+            SigBlk:*|SigIgn:*|Cap*|NoNewPrivs:*|Groups:*|Uid:*|Gid:*)
+                echo "$line";;
+            esac
+        done < /proc/$$/status
         echo "== limits"; cat /proc/$$/limits
         echo "== oom"; cat /proc/$$/oom_score_adj
         echo "== nice"; cut -d' ' -f19 /proc/$$/stat

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import RUNC
-from tests.fakes.engine import wait_pid_gone
+from tests.fakes.engine import sigkill_when_idle, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
-from tests.podman.conftest import IMAGE, LIMITS, Monitors, Podman, _ppid, podman_available
+from tests.podman.conftest import IMAGE, LIMITS, Monitors, Podman, _ppid, podman_available, runc_leftovers
 
 pytestmark = [pytest.mark.podman,
               pytest.mark.skipif(not podman_available(),
@@ -423,23 +423,41 @@ def test_run_tty_interactive_shell(podman: Podman, monitors: Monitors) -> None:
 
 @pytest.mark.timeout(120)
 def test_run_tty_has_our_size_from_the_start(podman: Podman) -> None:
-    """podman writes the size (`1 40 132` on ctl) as it attaches, right after it gets the
-    pid and before `runc start`; the container's first command must already see it. It is a
-    race the monitor has to win by serving ctl at once: Debian's conmon 2.1.6 won it 30 times
-    out of 30, so it is run 20 times here."""
-    transcripts = []
-    for _ in range(20):
+    """The container's first instruction sees our size, or none: never another one.
+
+    podman 4.3.1 writes the size (`1 40 132` on ctl) from a goroutine as it attaches,
+    concurrently with its `runc start`. The monitor applies it as soon as it is scheduled
+    (ARCHITECTURE.md, invariant 19), but nothing orders podman's write before the
+    container's first instruction, so on a busy machine the container may still find the
+    pty's initial 0x0: conmon too (bench/tty_race.py counts both under load). What is
+    guaranteed, and asserted: the first answer is our size or 0x0 (the monitor sets no
+    size of its own), the size does arrive (each question below waits for its answer),
+    and the session ends as the container decides."""
+    answer = re.compile(rb"(?:^|\r\n)(\d+ \d+|stty: standard input)\r\n")
+    lost = 0
+    for _ in range(10):
         pty = Pty(podman, "run", "-it", "--rm", *LIMITS, IMAGE,
-                  "sh", "-c", 'stty size; read x; echo "got:$x"; exit 4', rows=40, cols=132)
+                  "sh", "-c", "stty size; while read x; do stty size; done; exit 4",
+                  rows=40, cols=132)
         try:
             pty.wait_raw()
             pty.read_until(b"\r\n")
-            pty.write(b"hello\n")
-            transcripts.append((pty.read_to_eof(), pty.wait()))
+            first = answer.match(pty.buf)
+            assert first, bytes(pty.buf)
+            assert first.group(1) in (b"40 132", b"stty: standard input")
+            size = first.group(1)
+            lost += size != b"40 132"
+            deadline = time.monotonic() + 10
+            while size != b"40 132":  # the race was lost: the size must still come
+                size = pty.ask(b"\n", answer)
+                assert size in (b"40 132", b"stty: standard input"), size
+                assert time.monotonic() < deadline, "the size never arrived"
+            pty.write(b"\x04")  # ^D: EOF for the container's read (its tty is cooked)
+            pty.read_to_eof()
+            assert pty.wait() == 4
         finally:
             pty.close()
-    good = (b"40 132\r\nhello\r\ngot:hello\r\n", 4)
-    assert [t for t in transcripts if t != good] == []
+    print(f"{lost} of 10 first instructions ran before the size was applied")
 
 
 @pytest.mark.timeout(60)
@@ -616,22 +634,25 @@ def test_finished_at_is_when_the_container_exited(podman: Podman) -> None:
 
 @pytest.mark.timeout(60)
 def test_k8s_file_max_size_keeps_newest_lines(podman: Podman) -> None:
-    r = podman.run("--name", "capped", "--log-opt", "max-size=1000", IMAGE,
-                   "seq", "-w", "1", "2013")
-    expected_all = b"".join(b"%04d\n" % i for i in range(1, 2014))
+    # One write per line (the shell's echo), so every read of the pipe ends on a line and
+    # every record is a whole line: seq's 4 KiB stdio writes end mid-line, and whether a
+    # read sees a partial (P) record then depends on timing, which moves the restarts.
+    r = podman.run("--name", "capped", "--log-opt", "max-size=1000", IMAGE, "sh", "-c",
+                   "i=1000; while [ $i -le 3012 ]; do echo $i; i=$((i+1)); done")
+    expected_all = b"".join(b"%04d\n" % i for i in range(1000, 3013))
     assert (r.returncode, r.stdout, r.stderr) == (0, expected_all, b"")
     assert podman.inspect("capped", "{{.HostConfig.LogConfig.Size}}") == "1kB"
     path = Path(podman.inspect("capped", "{{.HostConfig.LogConfig.Path}}"))
     data = path.read_bytes()
     # records are 50 bytes ("<35-char timestamp> stdout F NNNN\n"); before a record that
     # would take the file past 1000 bytes the file is started again (conmon truncates):
-    # 20 records fit, so 2013 lines leave 2001..2013
+    # 20 records fit, so 2013 lines leave the last 13, 3000..3012
     lines = data.split(b"\n")[:-1]
     assert {len(line) + 1 for line in lines} == {50}
     assert len(data) <= 1000
-    assert [c for _, _, _, c in parse_log(data)] == [b"%04d" % i for i in range(2001, 2014)]
+    assert [c for _, _, _, c in parse_log(data)] == [b"%04d" % i for i in range(3000, 3013)]
     r = podman("logs", "capped")
-    newest = b"".join(b"%04d\n" % i for i in range(2001, 2014))
+    newest = b"".join(b"%04d\n" % i for i in range(3000, 3013))
     assert (r.returncode, r.stdout, r.stderr) == (0, newest, b"")
 
 
@@ -867,3 +888,47 @@ def test_twenty_containers_in_parallel(podman: Podman, monitors: Monitors) -> No
     assert sorted(states.decode().splitlines()) == [f"{n} 137" for n in names]
     left = monitors.wait_until(set(), timeout=30)
     assert not left, monitors.describe(left)
+
+
+# --- 13. a killed monitor ---------------------------------------------------------------------
+
+@pytest.mark.timeout(180)
+def test_killed_monitor_is_rescued(podman: Podman, monitors: Monitors) -> None:
+    """SIGKILL the monitor (as the OOM killer would) while the container writes a line every
+    ~2 ms: the server's replacement keeps the log complete, `podman wait` gets the real
+    exit code, and `podman rm` leaves no runc state. A container whose monitor was killed
+    still stops at once. conmon (and a cold pymon) lose all of it: there is no parent left
+    to rescue them (containers/podman#19629)."""
+    if monitors.server is None:
+        pytest.skip("a cold monitor has no server to rescue it (neither has conmon)")
+    lines = 1500
+    cid = podman.run_d("--name", "orphaned", IMAGE, "sh", "-c",
+                       f"i=0; while [ $i -lt {lines} ]; do echo line-$i; i=$((i+1)); "
+                       "sleep 0.002; done; exit 7")
+    podman.wait_logs("orphaned", b"line-100\n")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    sigkill_when_idle(monitor)  # not between reading a chunk and writing it
+    monitors.server.wait_for(b"takes over")
+    assert podman.ok("wait", "orphaned", timeout=60) == b"7\n"
+    r = podman("logs", "orphaned")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout == "".join(f"line-{i}\n" for i in range(lines)).encode()
+    assert all(flag == b"F" for flag, _ in stream(log_records(podman, cid), b"stdout"))
+    assert_exited(podman, "orphaned", 7)
+    assert podman.ok("rm", "orphaned") == b"orphaned\n"
+    assert runc_leftovers(podman) == []
+
+    # a long-running container whose monitor was killed: `podman stop` returns at once
+    cid = podman.run_d("--name", "stoppable", IMAGE, "sh", "-c",
+                       'trap "exit 0" TERM; echo ready; while :; do sleep 0.1; done')
+    podman.wait_logs("stoppable", b"ready\n")
+    monitor = assert_pymon_monitors(podman, monitors, cid)
+    os.kill(monitor, signal.SIGKILL)
+    monitors.server.wait_for(b"container " + cid.encode() + b" killed by signal 9")
+    wait_pid_gone(monitor, 10)
+    start = time.monotonic()
+    assert podman.ok("stop", "-t", "30", "stoppable") == b"stoppable\n"
+    assert time.monotonic() - start < 10
+    assert_exited(podman, "stoppable", 0)
+    assert podman.ok("rm", "stoppable") == b"stoppable\n"
+    assert runc_leftovers(podman) == []

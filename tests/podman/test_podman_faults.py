@@ -40,10 +40,11 @@ def test_stray_signals_to_the_monitor_keep_the_exit(podman: Podman, monitors: Mo
     assert podman("logs", "stray").stdout == b"up\ndone\n"  # nothing lost from the log
 
 
-def attach_socket(monitor: int) -> Path:
-    """The attach socket of a pymon monitor: `<bundle>/attach`, the bundle from its -b."""
-    argv = Path(f"/proc/{monitor}/cmdline").read_bytes().split(b"\0")
-    return Path(argv[argv.index(b"-b") + 1].decode()) / "attach"
+def attach_socket(podman: Podman, cid: str) -> Path:
+    """A container's attach socket: `<bundle>/attach`, the bundle being podman's static dir
+    (the monitor's -b). Not from the monitor's command line: a warm monitor has the
+    server's."""
+    return Path(podman.ok("inspect", "--format", "{{.StaticDir}}", cid).decode().strip()) / "attach"
 
 
 def fd_count(pid: int) -> int:
@@ -57,7 +58,7 @@ def test_attach_clients_reconnecting_in_a_loop_leave_no_fds(podman: Podman,
                        "echo up; until [ -e /tmp/go ]; do sleep 0.02; done")
     monitor = assert_pymon_monitors(podman, monitors, cid)
     podman.wait_logs("quiet", b"up\n")
-    sock_path = attach_socket(monitor)
+    sock_path = attach_socket(podman, cid)
     base = fd_count(monitor)
     for _ in range(300):  # connect + close on a container that writes nothing
         connect(sock_path).close()
@@ -72,9 +73,9 @@ def _stalled_run(podman: Podman, monitors: Monitors, name: str, count: int) -> f
     cid = podman.run_d("--name", name, IMAGE, "sh", "-c",
                        "echo up; until [ -e /tmp/go ]; do sleep 0.02; done; "
                        f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {16 << 20}")
-    monitor = assert_pymon_monitors(podman, monitors, cid)
+    assert_pymon_monitors(podman, monitors, cid)
     podman.wait_logs(name, b"up\n")
-    stalled = [connect(attach_socket(monitor)) for _ in range(count)]
+    stalled = [connect(attach_socket(podman, cid)) for _ in range(count)]
     try:
         start = time.monotonic()
         podman.ok("exec", name, "sh", "-c", ": > /tmp/go")
@@ -119,8 +120,8 @@ def test_log_on_a_full_disk_stays_readable(podman: Podman, monitors: Monitors,
                        f"i=0; while [ $i -lt {before} ]; do echo before$i; i=$((i+1)); done; "
                        "echo waiting; until [ -e /tmp/go ]; do sleep 0.02; done; "
                        f"i=0; while [ $i -lt {after} ]; do echo after$i; i=$((i+1)); done")
-    monitor = assert_pymon_monitors(podman, monitors, cid)
-    reader = connect(attach_socket(monitor))  # sees all the output, whatever the disk says
+    assert_pymon_monitors(podman, monitors, cid)
+    reader = connect(attach_socket(podman, cid))  # sees all the output, whatever the disk says
     try:
         podman.ok("exec", "full", "sh", "-c", ": > /tmp/start")
         read_until_eof(reader, until=b"waiting\n")

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import struct
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from pymon.ctl import MAX_LINE, Control, LineSplitter, parse_ctl, parse_winsz
+from pymon.ctl import (
+    EARLY_SERVER_NICE,
+    MAX_LINE,
+    Control,
+    EarlyServer,
+    LineSplitter,
+    parse_ctl,
+    parse_winsz,
+)
+from pymon.monitor.setup import Undo, make_fifo, take_console
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -55,3 +73,110 @@ def test_control_dispatch() -> None:
     assert sizes == [(24, 80), (10, 20)] and reopened == [True]
     no_tty = Control(None, lambda: None)
     no_tty.on_ctl(b"1 24 80")  # no pty: ignored without error
+
+
+# --- the early server's first-size wait (terminal mode, before trio) --------------------------
+
+class Pty:
+    """A pty whose master is given to take_console, as the runtime's would be, with the
+    ctl/winsz fifos; the early server is stopped and everything closed afterwards."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.master, self.slave = os.openpty()
+        self.ctl = make_fifo(str(tmp_path / "ctl"), Undo())  # tmp_path goes with the test
+        self.winsz = make_fifo(str(tmp_path / "winsz"), Undo())
+        self.control = Control(None, lambda: None)
+        self.server: EarlyServer | None = None
+
+    def serve(self) -> EarlyServer:
+        self.server = take_console(self.master, self.control, self.ctl, self.winsz)
+        return self.server
+
+    def size(self) -> tuple[int, int]:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(self.slave, termios.TIOCGWINSZ,
+                                                              b"\0" * 8))
+        return rows, cols
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        for fd in (self.master, self.slave, *self.ctl, *self.winsz):
+            os.close(fd)
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[Pty]:
+    p = Pty(tmp_path)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def container() -> Iterator[int]:
+    """A child that stands in for the container: lives until killed."""
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    yield pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("fifo, line", [("ctl", b"1 40 132\n"), ("winsz", b"40 132\n")])
+def test_first_resize_ends_the_wait_and_is_applied(pty: Pty, container: int, fifo: str,
+                                                   line: bytes) -> None:
+    server = pty.serve()
+    # not a size: the wait goes on (the line is served: the reopen is handed back at stop)
+    os.write(pty.ctl[1], b"2 0 0\ngarbage\n")
+    t0 = time.monotonic()
+    server.wait_first_resize(container, timeout=0.2)
+    assert time.monotonic() - t0 >= 0.2 and pty.size() == (0, 0)
+    os.write((pty.ctl if fifo == "ctl" else pty.winsz)[1], line)
+    server.wait_first_resize(container, timeout=60)  # returns on the event, not the timeout
+    assert pty.size() == (40, 132)
+    # it serves ahead of the monitors around it where it may (root: CAP_SYS_NICE)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = max(-20, ours + EARLY_SERVER_NICE) if os.geteuid() == 0 else ours
+    assert os.getpriority(os.PRIO_PROCESS, server.pid) == expected
+
+
+@pytest.mark.timeout(10)
+def test_a_size_written_before_the_pty_arrived_needs_no_wait(pty: Pty, container: int) -> None:
+    os.write(pty.ctl[1], b"1 30 100\n")
+    server = pty.serve()
+    assert pty.size() == (30, 100)  # applied in take_console, before the server forks
+    server.wait_first_resize(container, timeout=60)
+
+
+@pytest.mark.timeout(10)
+def test_output_ends_the_wait(pty: Pty, container: int) -> None:
+    """The container has run: its first instruction is past, waiting longer wins nothing."""
+    server = pty.serve()
+    os.write(pty.slave, b"$ ")
+    server.wait_first_resize(container, timeout=60)
+    assert pty.size() == (0, 0)
+
+
+@pytest.mark.timeout(10)
+def test_container_exit_ends_the_wait(pty: Pty) -> None:
+    server = pty.serve()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        server.wait_first_resize(pid, timeout=60)  # a zombie: exited, not yet reaped
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.timeout(10)
+def test_no_size_no_output_waits_out_the_timeout(pty: Pty, container: int) -> None:
+    server = pty.serve()
+    t0 = time.monotonic()
+    server.wait_first_resize(container, timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    os.write(pty.ctl[1], b"1 10 20\n")  # the server still serves after the wait
+    server.wait_first_resize(container, timeout=60)
+    assert pty.size() == (10, 20)

@@ -3,12 +3,12 @@ sink against real short writes, made without root by RLIMIT_FSIZE."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,30 +67,34 @@ def test_cut_anywhere_completes_or_drops_whole_records(lines: list[bytes], parti
     assert c.dropped_lines == sum(1 for r in dropped.split(b"\n")[:-1] if r[43:44] == b"F")
 
 
-@pytest.fixture
-def fsize_limit() -> Iterator[None]:
-    """Short writes and EFBIG past the limit the test sets (SIGXFSZ ignored, as pymon does)."""
+@contextlib.contextmanager
+def fsize_limit(limit: int) -> Iterator[None]:
+    """Short writes and EFBIG past `limit` (SIGXFSZ ignored, as pymon does). Lifted before
+    the block ends, not in a fixture's teardown: pytest writes its report of the test in
+    between, and its output may be a regular file that the limit would fail."""
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-    signal.signal(signal.SIGXFSZ, old_handler)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def lines(prefix: str, n: int) -> bytes:
     return b"".join(b"%s%04d\n" % (prefix.encode(), i) for i in range(n))
 
 
-def test_sink_completes_the_cut_record_when_space_returns(tmp_path: Path,
-                                                          fsize_limit: None) -> None:
+def test_sink_completes_the_cut_record_when_space_returns(tmp_path: Path) -> None:
     path = tmp_path / "ctr.log"
     sink = K8sFileLog(str(path), open_k8s_file(str(path)))
     limit = 1000
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-    sink.write(lines("before", 50), STDOUT, TS)  # cut at byte 1000, inside a record
-    assert path.stat().st_size == limit and sink.rest
-    sink.write(lines("during", 5), STDOUT, TS)  # still full: dropped, counted
-    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    with fsize_limit(limit):
+        sink.write(lines("before", 50), STDOUT, TS)  # cut at byte 1000, inside a record
+        cut_size, cut_rest = path.stat().st_size, bool(sink.rest)
+        sink.write(lines("during", 5), STDOUT, TS)  # still full: dropped, counted
+    assert cut_size == limit and cut_rest
     sink.write(lines("after", 3), STDOUT, TS)
     sink.finish(sync=False)
     sink.close()
@@ -101,15 +105,38 @@ def test_sink_completes_the_cut_record_when_space_returns(tmp_path: Path,
     assert sink.dropped_lines == 50 - kept + 5
 
 
-def test_sink_rolls_back_a_record_it_cannot_complete(tmp_path: Path, fsize_limit: None) -> None:
+def test_sink_rolls_back_a_record_it_cannot_complete(tmp_path: Path) -> None:
     path = tmp_path / "ctr.log"
     sink = K8sFileLog(str(path), open_k8s_file(str(path)))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
-    sink.write(lines("before", 50), STDOUT, TS)
-    sink.finish(sync=False)  # exit while still full: the file ends on a record boundary
-    sink.close()
+    with fsize_limit(1000):
+        sink.write(lines("before", 50), STDOUT, TS)
+        sink.finish(sync=False)  # exit while still full: the file ends on a record boundary
+        sink.close()
     data = path.read_bytes()
     per_line = len(recs(b"before0000\n"))
     assert len(data) == (1000 // per_line) * per_line
     assert [c for _, _, c in parse_log(data)] == [b"before%04d" % i for i in range(1000 // per_line)]
     assert sink.dropped_lines == 50 - 1000 // per_line
+
+
+def test_a_monitor_killed_with_a_cut_record_open_is_handed_over_whole(
+        tmp_path: Path) -> None:
+    """A warm monitor killed (no finish) while a full disk left its last record cut: the
+    replacement's hand-over (pymon/monitor/rescued.py) cuts that record away before it
+    appends, so the log a rescue leaves has only whole records too."""
+    from pymon.logs import cut_torn_record
+
+    path = tmp_path / "ctr.log"
+    dead = K8sFileLog(str(path), open_k8s_file(str(path)))
+    with fsize_limit(1000):
+        dead.write(lines("before", 50), STDOUT, TS)
+        dead.close()  # killed: what it held open is closed by the kernel, nothing else
+    assert dead.rest and dead.cut_head  # the file ends in the head of a record
+    assert cut_torn_record(str(path)) == dead.cut_head
+    sink = K8sFileLog(str(path), open_k8s_file(str(path)))
+    sink.write(lines("after", 3), STDOUT, TS)
+    sink.finish(sync=False)
+    sink.close()
+    whole = 1000 // len(recs(b"before0000\n"))
+    assert [c for _, _, c in parse_log(path.read_bytes())] == (
+        [b"before%04d" % i for i in range(whole)] + [b"after%04d" % i for i in range(3)])
