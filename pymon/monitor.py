@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from pymon import sync
+from pymon import proctree, sync
 from pymon.attach import AttachServer, Stdin
 from pymon.ctl import LineSplitter, read_pending
 from pymon.diag import log
@@ -120,7 +119,11 @@ class Monitor:
                     await self.reaper.exited.wait()
                 if timer.cancelled_caught:
                     self.timed_out = True
-                    kill_container(self.l.container_pid)
+                    # unlike conmon, nothing of it is left running or unreaped (proctree)
+                    left = await proctree.kill_and_reap(self.l.container_pid,
+                                                        self.reaper.sweep)
+                    if left:
+                        log.warning("processes still not reaped after the timeout: %s", left)
                 else:
                     await self._wait_for_eof()
                 nursery.cancel_scope.cancel()
@@ -184,19 +187,6 @@ class Monitor:
                     except OSError:
                         pass
         return status
-
-
-def kill_container(pid: int) -> None:
-    """-T expired: SIGKILL the container's process group (runc gives it its own), or the
-    pid alone if it shares ours. The killed process is not waited for (conmon's too)."""
-    try:
-        pgid = os.getpgid(pid)
-        if pgid > 1 and pgid != os.getpgid(0):
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def serve_fifo(fd: int, lines: LineSplitter, handle: Callable[[bytes], None]) -> None:
