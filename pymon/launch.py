@@ -20,7 +20,7 @@ import sys
 
 from pymon import procattrs, runtime, sockets, sync
 from pymon.cli import Frozen, parse_args, version_text
-from pymon.config import Config, build_config, check_log_rules
+from pymon.config import Config, build_config, check_exec_spec, check_log_rules
 from pymon.ctl import Control, EarlyServer, read_pending
 from pymon.diag import log
 from pymon.errors import CliError, PymonError, SetupError
@@ -127,6 +127,7 @@ class _Forwarder:
 
 
 FORWARDER = _Forwarder()
+EARLY_REPORT = sync.EarlyReport()
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             os.write(2, e.render().encode(errors="replace"))
         except OSError:
             pass
+        EARLY_REPORT.send(str(e))
         return e.status
 
 
@@ -155,6 +157,7 @@ def _main(argv: list[str], fds: tuple[int, ...]) -> int:
     if parsed.version:
         sys.stdout.write(version_text())
         return 0
+    EARLY_REPORT.arm(1 if parsed.api_version else 0, parsed.exec)
     config = build_config(parsed)
     opts = config.opts
     log.configure(config.log_level, opts.syslog, config.cid, opts.log_tag)
@@ -166,6 +169,8 @@ def _main(argv: list[str], fds: tuple[int, ...]) -> int:
     attach_fd = env_fd("_OCI_ATTACHPIPE", required=True) if opts.exec_attach else None
     if config.bundle is not None and not os.path.isdir(config.bundle):
         raise CliError(f"Bundle path {config.bundle} is not a directory")
+    if opts.exec:
+        check_exec_spec(opts.exec_process_spec or "")
     for what, d in (("exit", opts.exit_dir), ("persist", opts.persist_dir)):
         if d and not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
             raise CliError(f"The {what} directory {d} is not a writable directory")
@@ -191,6 +196,7 @@ def _main(argv: list[str], fds: tuple[int, ...]) -> int:
     read_start_pipe(start_fd, keep=opts.exec_attach)
     if not opts.sync:
         daemonize(opts.conmon_pidfile)
+    EARLY_REPORT.disarm()  # from here on M reports its own failures
     return monitor_process(config, fds, sync_fd, start_fd, attach_fd, log_fd, oom)
 
 

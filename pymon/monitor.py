@@ -111,8 +111,8 @@ class Monitor:
                 if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)
-                t = self.config.opts.timeout
-                timeout = float(t) if t > 0 else math.inf  # -T 0 or negative: none
+                t = self.config.opts.timeout or 0  # None: no -T
+                timeout = float(t) if t > 0 else math.inf  # no -T: none
                 if timeout < math.inf:  # armed when the pid was sent (§8.6), not now
                     timeout = max(0.0, timeout - (time.monotonic() - self.l.pid_sent_at))
                 with trio.move_on_after(timeout) as timer:

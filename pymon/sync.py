@@ -69,3 +69,37 @@ def send(fd: int | None, packet: bytes) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+class EarlyReport:
+    """Where the first process reports a failure that happens before the monitor exists
+    (bad argv values, a log file that cannot be opened): conmon writes those only to its
+    stderr, which CRI-O's ExecSync and create paths do not show, so the engine's sync
+    pipe gets the message too. M reports its own failures (launch.monitor_process)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.key = "pid"
+
+    def arm(self, api_version: int, is_exec: bool) -> None:
+        """Found the engine's sync pipe in the environment (leniently: a bad value is
+        reported by the strict check later, and then nothing can be sent)."""
+        self.key = message_key(api_version, is_exec)
+        value = os.environ.get("_OCI_SYNCPIPE", "")
+        if value.isdigit():
+            try:
+                os.fstat(int(value))
+            except OSError:
+                return
+            self.fd = int(value)
+
+    def disarm(self) -> None:
+        self.fd = None
+
+    def send(self, message: str) -> None:
+        if self.fd is not None:
+            try:
+                send(self.fd, encode(self.key, -1, message))
+            except OSError:
+                pass
+            self.fd = None
