@@ -162,6 +162,25 @@ def check_exec_spec(path: str) -> None:
         os.close(fd)
 
 
+def explain_bad_exec_spec(path: str, runtime_error: bytes | str) -> bytes | str:
+    """After a failed exec only (json's import is too slow for the start-up path): if
+    the spec is not a JSON object, say so, naming the file, before the runtime's text."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            spec = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    else:
+        if isinstance(spec, dict):
+            return runtime_error
+        problem = "not a JSON object"
+    if isinstance(runtime_error, bytes):
+        runtime_error = runtime_error.decode("utf-8", errors="replace")
+    return f"Exec process spec {path} is not valid: {problem}; runtime: {runtime_error}"
+
+
 def check_log_rules(config: Config) -> None:
     """Step 13 of §1.5: tag/label/cid rules, after the k8s log file has been opened."""
     opts, logs = config.opts, config.logs

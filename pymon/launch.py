@@ -20,7 +20,8 @@ import sys
 
 from pymon import procattrs, runtime, sockets, sync
 from pymon.cli import Frozen, parse_args, version_text
-from pymon.config import Config, build_config, check_exec_spec, check_log_rules
+from pymon.config import (Config, build_config, check_exec_spec, check_log_rules,
+                          explain_bad_exec_spec)
 from pymon.ctl import Control, EarlyServer, read_pending
 from pymon.diag import log
 from pymon.errors import CliError, PymonError, SetupError
@@ -507,8 +508,10 @@ def judge_runtime(config: Config, status: int, stderr_fd: int | None) -> int:
     try:
         return runtime.read_pidfile(config.container_pidfile)
     except OSError as e:
-        text = read_runtime_stderr(stderr_fd, wait=False)
-        raise RuntimeFailure(text or e.strerror, f"Failed to read pidfile: {e.strerror}") from None
+        message: bytes | str = read_runtime_stderr(stderr_fd, wait=False)
+        if config.opts.exec:  # runc's JSON errors do not name the file ("unexpected EOF")
+            message = explain_bad_exec_spec(config.opts.exec_process_spec or "", message)
+        raise RuntimeFailure(message or e.strerror, f"Failed to read pidfile: {e.strerror}") from None
 
 
 def read_runtime_stderr(fd: int | None, wait: bool) -> bytes:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.engine import wait_pid_gone
 from tests.crio.conftest import Pod, Rig, wait_for
+from tests.fakes.engine import wait_pid_gone
 
 pytestmark = pytest.mark.timeout(120)
 
