@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,7 +42,11 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 RIG = Path(os.environ.get("PYMON_CRIO_RIG", REPO.parent / "shared" / "tools" / "crio-rig"))
 IMAGE = "localhost/bb:latest"  # the rig's only image: busybox-static, /pause, pgrep
-MODES = ["cold"]  # "warm": see the module docstring
+# The monitor modes the session runs in (PYMON_CRIO_MODES=a,b to choose): "cold" is the
+# entry point itself; "cold-wrapper" runs it through write_env_wrapper with a PYMON_SOCKET
+# that no server answers (the warm launcher's fall-back path, and the wrapper mechanism a
+# warm mode uses). "warm": see the module docstring and the `monitor` fixture.
+MODES = os.environ.get("PYMON_CRIO_MODES", "cold").split(",")
 
 
 def rig_skip_reason() -> str | None:
@@ -97,8 +102,32 @@ def monitor(request: pytest.FixtureRequest,
                    cwd=REPO, timeout=120)
     if request.param == "cold":
         yield MonitorUnderTest("cold", entry, entry)
-    else:  # pragma: no cover - a mode listed in MODES without its set-up here
+    elif request.param == "cold-wrapper":
+        wrapper = write_env_wrapper(base / "pymon-wrapped", entry,
+                                    {"PYMON_SOCKET": str(base / "no-server.sock")})
+        yield MonitorUnderTest("cold-wrapper", wrapper, entry)
+    # elif request.param == "warm":   (once pymon-server exists)
+    #     socket = base / "server.sock"
+    #     server = <start pymon-server listening on `socket`; wait until it answers>
+    #     try:
+    #         yield MonitorUnderTest("warm", write_env_wrapper(
+    #             base / "pymon-warm", entry, {"PYMON_SOCKET": str(socket)}), entry)
+    #     finally:
+    #         <stop the server; no monitor it forked may outlive the rig (rig fixture)>
+    #   and MonitorUnderTest.pids must also find the monitors the server forked (their
+    #   cmdline is the server's unless it sets the monitor's argv as its title).
+    else:
         raise AssertionError(f"monitor mode {request.param} has no set-up")
+
+
+def write_env_wrapper(path: Path, target: Path, env: dict[str, str]) -> Path:
+    """A monitor path for CRI-O that runs `target` with `env` added. sh's exec keeps the
+    pid CRI-O started, the argv and the inherited _OCI_* fds."""
+    lines = ["#!/bin/sh", *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+             f'exec {shlex.quote(str(target))} "$@"']
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
 
 
 class Rig:
