@@ -245,6 +245,7 @@ def test_attach_tty(rig: Rig, pod: Pod) -> None:
     out = _with_pty(rig.crictl_argv("attach", "-it", ctr), b"echo attached; tty\n",
                     rb"attached\r?\n/dev/pts/\d+")
     assert b"/dev/pts/" in out
+    rig.ok("stop", "--timeout", "0", ctr)  # an interactive sh ignores SIGTERM
 
 
 def test_exec_tty(rig: Rig, pod: Pod) -> None:
@@ -263,7 +264,8 @@ def test_exit_code_stop_stats_rm(rig: Rig, pod: Pod) -> None:
     app = pod.create("app", SLEEPER)
     rig.wait_state(e7, "CONTAINER_EXITED 7")  # read back from the exit file
     assert rig.ok("logs", e7) == "bye"
-    assert not rig.monitor.pids(f"-c {e7}")
+    for pid in rig.monitor.pids(f"-c {e7}"):  # done after the exit file: it ends by itself
+        wait_pid_gone(pid, 10)
 
     stats = json.loads(rig.ok("stats", "-o", "json", "--id", app))["stats"]
     assert [s["attributes"]["id"] for s in stats] == [app]
