@@ -378,9 +378,14 @@ def _monitor_process(config: Config, fds: tuple[int, ...], sync_fd: int | None,
         inherited_fds=engine_fds, oom_score_adj=oom,
         ctl_fds=ctl, winsz_fds=winsz, attach=attach, tty_master=master, control=control,
         notify_fd=notify_fd, oom=oom_watch, pid_sent_at=pid_sent_at, early_ctl=early_ctl)
-    from pymon import monitor  # imports trio: only now that the engine has the pid
+    from pymon import probe
 
-    code = monitor.run(launched)
+    if probe.eligible(launched):  # CRI-O's ExecSync: no trio needed (pymon/probe.py)
+        code = probe.run(launched)
+    else:
+        from pymon import monitor  # imports trio: only now that the engine has the pid
+
+        code = monitor.run(launched)
     if opts.exit_command:
         run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom)
     return code & 0xFF

@@ -180,3 +180,26 @@ def _dead(pidfd: int) -> bool:
     import select
 
     return bool(select.select([pidfd], [], [], 0)[0])
+
+
+def kill_and_reap_blocking(root: int, sweep: Callable[[], None],
+                           deadline: float = REAP_DEADLINE) -> list[int]:
+    """`kill_and_reap` for a monitor without trio (pymon.probe): the same steps, waiting
+    with select() and short sleeps instead of trio."""
+    import select
+    import time
+
+    victims = stop_and_kill(root)
+    try:
+        end = time.monotonic() + deadline
+        for victim in victims:
+            select.select([victim.pidfd], [], [], max(0.0, end - time.monotonic()))
+        sweep()
+        end = time.monotonic() + REAPED_GRACE
+        while not all(v.reaped() for v in victims) and time.monotonic() < end:
+            time.sleep(0.005)  # reaped by the container's init: no event for that
+            sweep()
+        return [v.pid for v in victims if not _dead(v.pidfd)]
+    finally:
+        for victim in victims:
+            victim.close()
