@@ -12,15 +12,17 @@ probe medians (and means) of:
   cpu total    the monitor and what it waited for (runc exec, the probe): wait4's rusage
 with the ratio of each monitor to conmon.
 
-Monitors are commands (split like a shell would): the default is pymon's production entry
-point (cold) against Debian's conmon. A warm mode is one more `--monitor`, e.g.
-`--monitor 'pymon-warm=env PYMON_SOCKET=/run/pymon.sock /usr/libexec/pymon'` with the
-server started beforehand (or a wrapper script that sets PYMON_SOCKET and execs pymon).
+Monitors are commands (split like a shell would, leading VAR=value words become the
+monitor's environment, as CRI-O's monitor_env would): the default is pymon's production
+entry point (cold) against Debian's conmon. A warm mode is one more `--monitor`, e.g.
+`--monitor 'pymon-warm=PYMON_SOCKET=/run/pymon.sock /usr/libexec/pymon'`, with the server
+started beforehand.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import statistics
 import uuid
@@ -44,10 +46,16 @@ def main() -> None:
 
     ws = Workspace()
     monitors: dict[str, list[str]] = {}
+    envs: dict[str, dict[str, str]] = {}
     for spec in args.monitor or [f"pymon-cold={pymon_launcher(ws.dir)}"]:
         name, _, command = spec.partition("=")
-        monitors[name] = shlex.split(command)
-    monitors["conmon"] = [args.conmon]
+        words = shlex.split(command)
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+        monitors[name], envs[name] = words, env
+    monitors["conmon"], envs["conmon"] = [args.conmon], {}
 
     target = Run(CONMON, ws.bundle(["sleep", "100000"]), "bench-probe-" + uuid.uuid4().hex[:8])
     target.start_container()
@@ -63,7 +71,7 @@ def main() -> None:
                     argv = execsync.execsync_argv(
                         target.cid, "k8s_probe", RUNC, RUNC_ROOT, str(files.pidfile),
                         str(files.log), str(files.spec), str(ws.dir))
-                    res = execsync.run(monitors[name], argv)
+                    res = execsync.run(monitors[name], argv, env=envs[name] or None)
                 finally:
                     files.cleanup()
                 if res.message != {"exit_code": 0}:
