@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
 import statistics
 import uuid
 
@@ -84,6 +85,7 @@ def main() -> None:
                 r["total"].append(res.cpu_total * 1000)
     finally:
         target.stop()
+        shutil.rmtree(ws.dir, ignore_errors=True)
 
     base = results["conmon"]
     print(f"ExecSync probe `{args.probe}`, {args.runs} runs per monitor, interleaved; "
