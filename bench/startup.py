@@ -1,81 +1,147 @@
-"""pymon vs conmon, same machine, same run, interleaved: start-up latency and idle memory.
+"""pymon (warm and cold) vs conmon, same run, interleaved: start-up, exit and CPU per launch.
 
-    python bench/startup.py [--runs N] [--pymon PATH] [--conmon PATH]
+    python bench/startup.py [--mode warm|cold|both] [--runs N]
 
-Prints medians and pymon/conmon ratios for: exec -> pid on the sync pipe, exec -> the
-first process (P0) exits, and the idle monitor's RSS and anonymous PSS."""
+Per round, each variant (common.py) in a rotated order:
+
+  - a `true` container: exec of the monitor -> the launcher (P0) exits, -> the pid on the
+    sync pipe, -> the exit file (inotify; `runc start` is issued by the bench as soon as
+    the pid is there, the same for all); and the CPU of launcher + monitor over its life:
+    the launcher's from wait4, the monitor's from /proc/<monitor>/schedstat read by its
+    exit command (the monitor is alive then, with all its work but exiting done; it is
+    not the bench's child in warm mode nor after P0 daemonized it, so no rusage). In warm
+    mode the server's CPU for the launch (accept, decode, fork: its schedstat before and
+    after) is added: it is work done for that launch only.
+  - a container blocked on a fifo the bench holds, idle for --idle s, then released: its
+    exit (a pidfd on the container process) -> the exit file (inotify).
+  - an exec session running `true` with --sync: exec -> the launcher exits (podman's
+    `exec` path without -d; the same figure can be cross-checked from outside with any
+    whole-process timer, since the launcher lives exactly as long as the monitor).
+
+Prints medians, pymon/conmon ratios and the number of runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import time
 import uuid
 
-from common import CONMON, Run, Workspace, median, pymon_launcher, table
+from common import (FELL_BACK, DirWatch, Monitors, Results, Run, Workspace, add_mode_argument,
+                    banner, exit_probe, read_probe)
+
+
+def true_container(ws: Workspace, mon, probe, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+    bundle = ws.bundle(["true"])
+    os.environ["PROBE_OUT"] = str(bundle / "probe.out")
+    (bundle / "exits").mkdir()
+    watch = DirWatch(bundle / "exits")
+    cid = "bs-" + uuid.uuid4().hex[:12]
+    try:
+        run = Run(mon, bundle, cid, ["--exit-command", str(probe)])
+        run.start_container()
+        t_file = watch.wait(cid) - run.t0
+    finally:
+        watch.close()
+    run.wait_monitor()
+    cpu, _, _ = read_probe(bundle / "probe.out")
+    server = run.server_cpu()
+    run.cleanup()
+    count(stats, run)
+    v = run.variant
+    res.add("exec -> P0 (launcher) exits", v, run.t_p0 * 1000)
+    res.add("exec -> pid on sync pipe", v, run.t_pid * 1000)
+    res.add("exec -> exit file (`true`)", v, t_file * 1000)
+    res.add("CPU launcher+monitor(+server)", v, (run.launcher_cpu + cpu + server) * 1000)
+    res.add("  of which launcher", v, run.launcher_cpu * 1000)
+    res.add("  of which monitor", v, cpu * 1000)
+    if mon.server is not None:
+        res.add("  of which server", v, server * 1000)
+
+
+def count(stats: dict, run: Run) -> None:  # type: ignore[type-arg]
+    if run.monitor.server is not None:
+        stats["warm"] += run.warm
+        stats["launches"] += 1
+
+
+def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+    fifo_dir = ws.dir / f"fifo{ws.count}"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "go")
+    bundle = ws.bundle(["sh", "-c", "read x < /w/go"], binds={"/w": str(fifo_dir)})
+    cid = "be-" + uuid.uuid4().hex[:12]
+    run = Run(mon, bundle, cid)
+    try:
+        run.start_container()
+        w = os.open(fifo_dir / "go", os.O_WRONLY)  # returns once the container reads it
+        time.sleep(idle)  # the monitor settles into its idle loop
+        pidfd = os.pidfd_open(run.container_pid())
+        watch = DirWatch(run.exit_dir)
+        try:
+            os.write(w, b"x\n")
+            os.close(w)
+            select.select([pidfd], [], [], 30)
+            t_exit = time.perf_counter()
+            t_file = watch.wait(cid)
+        finally:
+            os.close(pidfd)
+            watch.close()
+        count(stats, run)
+        res.add("container exits -> exit file", run.variant, (t_file - t_exit) * 1000)
+    finally:
+        run.stop()
+
+
+def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+    session = target.bundle / uuid.uuid4().hex[:12]
+    session.mkdir()
+    run = Run(mon, session, target.cid, exec_args=["true"], sync_mode=True)
+    run.wait_launcher()
+    t = time.perf_counter() - run.t0
+    count(stats, run)
+    res.add("exec session `true` --sync: exec -> exit", run.variant, t * 1000)
+    run.sync.close()
+    run.start.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    add_mode_argument(ap)
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--pymon")
-    ap.add_argument("--conmon", default=CONMON)
-    ap.add_argument("--idle", type=float, default=1.0, help="seconds before measuring memory")
+    ap.add_argument("--idle", type=float, default=0.3,
+                    help="seconds a container stays blocked before it is released")
     args = ap.parse_args()
     ws = Workspace()
-    monitors = {"pymon": args.pymon or pymon_launcher(ws.dir), "conmon": args.conmon}
-    results: dict[str, dict[str, list[float]]] = {m: {} for m in monitors}
-    for i in range(args.runs):
-        order = list(monitors) if i % 2 == 0 else list(reversed(monitors))
-        for name in order:
-            run = Run(monitors[name], ws.bundle(["sleep", "1000"]), "bench-" + uuid.uuid4().hex[:12])
-            try:
-                run.start_container()
-                time.sleep(args.idle)  # let the monitor settle into its idle loop
-                r = results[name]
-                r.setdefault("t_pid", []).append(run.t_pid * 1000)
-                r.setdefault("t_p0", []).append(run.t_p0 * 1000)
-                for k, v in run.memory().items():
-                    r.setdefault(k, []).append(v)
-            finally:
-                run.stop()
-    # exec sessions (one monitor each, as podman runs them) into one running container
-    target = Run(CONMON, ws.bundle(["sleep", "1000"]), "bench-target-" + uuid.uuid4().hex[:8])
-    target.start_container()
-    execs: dict[str, dict[str, list[float]]] = {m: {} for m in monitors}
+    mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
+    probe = exit_probe(ws.dir)
+    res = Results()
+    stats = {"warm": 0, "launches": 0}
     try:
-        for i in range(args.runs):
-            order = list(monitors) if i % 2 == 0 else list(reversed(monitors))
-            for name in order:
-                session_dir = target.bundle / uuid.uuid4().hex[:12]
-                session_dir.mkdir()
-                run = Run(monitors[name], session_dir, target.cid, exec_args=["sleep", "1000"])
-                try:
-                    time.sleep(args.idle)
-                    r = execs[name]
-                    r.setdefault("t_pid", []).append(run.t_pid * 1000)
-                    for k, v in run.memory().items():
-                        r.setdefault(k, []).append(v)
-                finally:
-                    exec_pid = int((session_dir / "pidfile").read_text())
-                    os.kill(exec_pid, 9)
-                    run.wait_monitor()
-                    run.sync.close()
-                    run.start.close()
+        banner(mons, f"startup: {args.runs} rounds, variants interleaved (rotated each round)")
+        target = Run(mons.list[-1], ws.bundle(["sleep", "100000"]), "bt-" + uuid.uuid4().hex[:8])
+        target.start_container()
+        try:
+            for i in range(args.runs):
+                for mon in mons.order(i):
+                    true_container(ws, mon, probe, res, stats)
+                for mon in mons.order(i):
+                    exit_latency(ws, mon, args.idle, res, stats)
+                for mon in mons.order(i):
+                    exec_sync(ws, mon, target, res, stats)
+        finally:
+            target.stop()
+        if mons.server is not None:
+            if not mons.server.alive():
+                print("WARNING: the server died during the run:\n" + "\n".join(mons.server.lines))
+            print(f"warm launches served by the server: {stats['warm']} of {stats['launches']};"
+                  f" the others went cold and are in the column '{FELL_BACK}'")
+        print(res.table(mons.names))
     finally:
-        target.stop()
-    p, c = results["pymon"], results["conmon"]
-    pe, ce = execs["pymon"], execs["conmon"]
-    print(f"runs: {args.runs} each, interleaved; pymon = {monitors['pymon']}")
-    print(table([
-        ("exec -> pid on sync pipe", median(p["t_pid"]), median(c["t_pid"]), "ms"),
-        ("exec -> first process exits", median(p["t_p0"]), median(c["t_p0"]), "ms"),
-        ("idle monitor RSS", median(p["Rss"]), median(c["Rss"]), "Mi"),
-        ("idle monitor Pss_Anon", median(p["Pss_Anon"]), median(c["Pss_Anon"]), "Mi"),
-        ("exec session: exec -> pid", median(pe["t_pid"]), median(ce["t_pid"]), "ms"),
-        ("exec session: idle RSS", median(pe["Rss"]), median(ce["Rss"]), "Mi"),
-        ("exec session: idle Pss_Anon", median(pe["Pss_Anon"]), median(ce["Pss_Anon"]), "Mi"),
-    ]))
+        mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""pymon vs conmon relaying a flood of output into k8s-file, same run, interleaved.
+"""pymon (warm and cold) vs conmon relaying a flood of output into k8s-file, same run,
+interleaved.
 
-    python bench/throughput.py [--mib 512] [--runs 3] [--attach]
+    python bench/throughput.py [--mode warm|cold|both] [--mib 512] [--runs 3] [--attach]
 
 For each case prints MiB/s (from `runc start` to the exit command) and the monitor's CPU
-seconds (user+sys, read from /proc/<monitor>/stat by the exit command, which runs while the
-monitor waits for it), with pymon/conmon ratios. --attach adds one attach client that
-reads everything."""
+seconds (user+sys from /proc/<monitor>/schedstat, and the user/sys split from its stat,
+read by the exit command, which runs while the monitor waits for it), with pymon/conmon
+ratios. --attach adds one attach client that reads everything."""
 
 from __future__ import annotations
 
@@ -17,23 +18,15 @@ import time
 import uuid
 from pathlib import Path
 
-from common import CONMON, Run, Workspace, median, pymon_launcher, table
+from common import (WARM, Monitor, Monitors, Results, Run, Workspace, add_mode_argument,
+                    banner, exit_probe, probe_time_ns, read_probe)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LINE = "x" * 79  # + newline = 80-byte lines
 
 CASES = {
     "80-byte lines": lambda n: f"yes {LINE} | head -c {n}",
     "no newlines": lambda n: f"head -c {n} /dev/zero | tr '\\0' 'n'",
 }
-
-
-def exit_probe(directory: Path) -> Path:
-    probe = directory / "probe.sh"
-    probe.write_text('#!/bin/sh\nd=$(date +%s%N)\nset -- $(cut -d")" -f2 /proc/$PPID/stat)\n'
-                     'echo "$d ${12} ${13}" > "$1"\n'.replace('"$1"', '"$PROBE_OUT"'))
-    probe.chmod(0o755)
-    return probe
 
 
 def drain_attach(path: Path, done: dict[str, int]) -> None:
@@ -50,7 +43,8 @@ def drain_attach(path: Path, done: dict[str, int]) -> None:
     done["bytes"] = total
 
 
-def one(monitor: str, ws: Workspace, script: str, probe: Path, attach: bool) -> tuple[float, float]:
+def one(monitor: Monitor, ws: Workspace, script: str, probe: Path, attach: bool,
+        stats: dict[str, int]) -> tuple[str, int, float, float, float, float, int | None]:
     bundle = ws.bundle(["sh", "-c", script])
     out = bundle / "probe.out"
     os.environ["PROBE_OUT"] = str(out)
@@ -66,48 +60,51 @@ def one(monitor: str, ws: Workspace, script: str, probe: Path, attach: bool) -> 
     run.wait_monitor(600)
     if t is not None:
         t.join(60)
-    end_ns, utime, stime = out.read_text().split()
+    end_ns = probe_time_ns(out)
+    cpu, user, sys_ = read_probe(out)
+    if monitor.name == WARM:
+        stats["warm"] += run.warm
+        stats["launches"] += 1
     run.stop()
     size = run.log.stat().st_size
     run.log.unlink()
     secs = (int(end_ns) - t0) / 1e9
-    return size, secs, int(utime) / CLK_TCK, int(stime) / CLK_TCK, got.get("bytes")  # type: ignore[return-value]
+    return run.variant, size, secs, cpu, user, sys_, got.get("bytes")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    add_mode_argument(ap)
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--attach", action="store_true")
-    ap.add_argument("--pymon")
-    ap.add_argument("--conmon", default=CONMON)
     args = ap.parse_args()
     ws = Workspace()
+    mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
     probe = exit_probe(ws.dir)
-    monitors = {"pymon": args.pymon or pymon_launcher(ws.dir), "conmon": args.conmon}
     n = args.mib << 20
-    rows = []
-    for case, make in CASES.items():
-        res: dict[str, dict[str, list[float]]] = {m: {"rate": [], "cpu": [], "user": [], "sys": []}
-                                                  for m in monitors}
-        for i in range(args.runs):
-            for name in (list(monitors) if i % 2 == 0 else list(reversed(monitors))):
-                size, secs, user, sys_, attached = one(monitors[name], ws, make(n), probe,
-                                                       args.attach)
-                if args.attach and attached != n:
-                    raise SystemExit(f"{name}: attach client got {attached} of {n} bytes")
-                res[name]["rate"].append(args.mib / secs)
-                res[name]["cpu"].append(user + sys_)
-                res[name]["user"].append(user)
-                res[name]["sys"].append(sys_)
-        rows.append((f"{case}: MiB/s", median(res["pymon"]["rate"]),
-                     median(res["conmon"]["rate"]), ""))
-        for key in ("cpu", "user", "sys"):
-            rows.append((f"{case}: monitor {key} s", median(res["pymon"][key]),
-                         median(res["conmon"][key]), "s"))
-    print(f"{args.mib} MiB per run, {args.runs} runs each, interleaved"
-          + (", one attach client reading" if args.attach else ""))
-    print(table(rows))
+    res = Results()
+    stats = {"warm": 0, "launches": 0}
+    try:
+        banner(mons, f"throughput: {args.mib} MiB per run, {args.runs} runs each, interleaved"
+               + (", one attach client reading" if args.attach else ""))
+        for case, make in CASES.items():
+            for i in range(args.runs):
+                for mon in mons.order(i):
+                    v, size, secs, cpu, user, sys_, attached = one(mon, ws, make(n), probe,
+                                                                   args.attach, stats)
+                    if args.attach and attached != n:
+                        raise SystemExit(f"{mon.name}: attach client got {attached} of {n} bytes")
+                    res.add(f"{case}: MiB/s", v, args.mib / secs, "")
+                    res.add(f"{case}: monitor CPU", v, cpu, "s")
+                    res.add(f"{case}:   user (ticks)", v, user, "s")
+                    res.add(f"{case}:   sys (ticks)", v, sys_, "s")
+        if mons.server is not None:
+            print(f"warm launches served by the server: {stats['warm']} of {stats['launches']}")
+        print(res.table(mons.names))
+    finally:
+        mons.close()
+        ws.remove()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""`python -m pymon` and the `pymon` console script."""
+"""`python -m pymon` and the `pymon` console script: the launcher."""
 
 import sys
 
-from pymon.launch import main
+from pymon.launcher.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

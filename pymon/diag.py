@@ -52,8 +52,8 @@ class Diag:
         logcid = f"{cid}: {tag}" if tag else cid
         self.ident = logcid[:20]
 
-    def _emit(self, lvl: int, fmt: str, args: tuple[object, ...]) -> None:
-        if lvl > self.level or not self._allow():
+    def _emit(self, lvl: int, fmt: str, args: tuple[object, ...], always: bool = False) -> None:
+        if (lvl > self.level and not always) or not self._allow():
             return
         text = fmt % args if args else fmt
         if self.suppressed:
@@ -84,6 +84,10 @@ class Diag:
 
     def debug(self, fmt: str, *args: object) -> None:
         self._emit(3, fmt, args)
+
+    def report(self, fmt: str, *args: object) -> None:
+        """An info message asked for by the operator (SIGUSR1): shown at any log level."""
+        self._emit(2, fmt, args, always=True)
 
 
 log = Diag()

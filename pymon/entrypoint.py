@@ -1,6 +1,12 @@
-"""Writes pymon's production entry point: a script that runs Python isolated and fast.
+"""Writes pymon's production entry point: the C launcher, or a script that runs Python
+isolated and fast.
 
     python -m pymon.entrypoint /usr/libexec/podman/pymon
+
+With a C compiler, the entry point is the compiled launcher (pymon/launcher/pymon_launch.c):
+it hands the invocation to a warm `pymon-server` in well under a millisecond and otherwise
+execs the interpreter with the same program the script below holds (`bootstrap`). Without
+one, or with --python-launcher, it is the script.
 
 The script's interpreter line is `PYTHON -IS`: -I so that no PYTHON* variable of the
 engine's environment (PYTHONPATH, PYTHONHOME, PYTHONDONTWRITEBYTECODE, ...) can change
@@ -40,22 +46,48 @@ def import_roots() -> list[str]:
     return roots
 
 
+def _program(roots: list[str], warm: bool = True) -> list[str]:
+    # The C launcher has already tried the server when it runs this: warm=False, so a
+    # slow or refusing server is not asked twice.
+    return ["import sys", f"sys.path[:0] = {roots!r}", "from pymon.launcher.main import main",
+            "sys.exit(main())" if warm else "sys.exit(main(warm=False))"]
+
+
+def bootstrap(roots: list[str], entry: str | None = None) -> str:
+    """The script's program on one line, for the C launcher's `python -IS -c`: the cold
+    path only, since the C launcher tried the warm one. It
+    ends with a comment naming the entry point, so that `ps` and `pgrep -f ENTRY` find a
+    cold monitor by its entry point as they find the script's."""
+    program = "; ".join(_program(roots, warm=False))
+    if not entry or "\n" in entry or "\r" in entry:  # a line break would end the comment
+        return program
+    return f"{program}  # {entry}"
+
+
 def script(python: str, roots: list[str]) -> str:
     return (f"#!{python} -IS\n"
             "# pymon entry point, written by `python -m pymon.entrypoint`; see that module.\n"
-            "import sys\n"
-            f"sys.path[:0] = {roots!r}\n"
-            "from pymon.launch import main\n"
-            "sys.exit(main())\n")
+            + "".join(line + "\n" for line in _program(roots)))
 
 
 def write(dest: str, python: str | None = None, roots: list[str] | None = None,
-          compile_: bool = True) -> None:
-    tmp = dest + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(script(python or sys.executable, import_roots() if roots is None else roots))
-    os.chmod(tmp, 0o755)
-    os.rename(tmp, dest)
+          compile_: bool = True, python_launcher: bool = False) -> None:
+    python = python or sys.executable
+    roots = import_roots() if roots is None else roots
+    built = False
+    if not python_launcher:
+        from pymon.launcher.build import build
+
+        built = build(dest, python, roots)
+        if not built:
+            print("pymon: writing the Python launcher script instead of the C launcher",
+                  file=sys.stderr)
+    if not built:
+        tmp = dest + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(script(python, roots))
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, dest)
     if compile_:
         # compile now: with -I a later run may not be allowed to write __pycache__
         import compileall
@@ -67,15 +99,20 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pymon.entrypoint",
-                                 description="Write pymon's isolated entry point script.")
+                                 description="Write pymon's entry point: the C launcher, "
+                                             "or the isolated Python script without a "
+                                             "C compiler.")
     ap.add_argument("dest", help="where to write it, e.g. /usr/libexec/podman/pymon")
     ap.add_argument("--python", help="interpreter for the #! line (default: this one)")
     ap.add_argument("--path", action="append", default=None,
                     help="import directory to put in the script instead of the ones found "
                          "here (repeatable; packagers: the target's site directory)")
     ap.add_argument("--no-compile", action="store_true", help="do not byte-compile pymon")
+    ap.add_argument("--python-launcher", action="store_true",
+                    help="write the Python script even when a C compiler is available")
     args = ap.parse_args(argv)
-    write(args.dest, args.python, args.path, compile_=not args.no_compile)
+    write(args.dest, args.python, args.path, compile_=not args.no_compile,
+          python_launcher=args.python_launcher)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import _signal as signal
 import time
 
-from pymon import procattrs
+from pymon import procattrs, signals
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -65,14 +65,15 @@ def write_exit_files(exit_dir: str | None, persist_dir: str | None, cid: str,
 
 
 def run_exit_command(command: str, args: tuple[str, ...], delay: int,
-                     oom_score_adj: bytes | None) -> None:
-    """Close our fds (the sync pipe included, so the engine sees EOF), leave subreaper mode,
-    fork X, exec the command after `delay` seconds, and wait for X and every other child.
-    Its status does not change ours (conmon's observable behaviour)."""
+                     oom_score_adj: bytes | None, keep: frozenset[int] = frozenset()) -> None:
+    """Close our fds but `keep` (the sync pipe included, so the engine sees EOF), leave
+    subreaper mode, fork X, exec the command after `delay` seconds, and wait for X and every
+    other child. Its status does not change ours (conmon's observable behaviour). X inherits
+    none of `keep`: they are CLOEXEC."""
     from pymon import _native
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    procattrs.close_fds_except()
+    procattrs.close_fds_except(keep)
     try:
         _native.set_child_subreaper(False)
     except OSError:
@@ -81,7 +82,7 @@ def run_exit_command(command: str, args: tuple[str, ...], delay: int,
     if pid == 0:
         try:
             # X gets a clean signal state (conmon leaks its blocked SIGCHLD/SIGUSR1; we don't).
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            signals.restore_defaults()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 signal.signal(sig, signal.SIG_DFL)
             if delay > 0:

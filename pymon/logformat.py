@@ -75,3 +75,48 @@ def records(chunk: bytes, stream: bytes, ts: bytes) -> list[bytes]:
         out.append(full + chunk[start:nl + 1])
         start = nl + 1
     return out
+
+
+FLAG_OFFSET = 43  # `TS` (35 bytes, fixed width) + " stdout " / " stderr "
+
+
+class Cut:
+    """What a write of whole records that stopped after `written` bytes left behind
+    (see `cut`). A plain slotted class: typing's NamedTuple costs ~8 ms of start-up."""
+
+    __slots__ = ("dropped_bytes", "dropped_lines", "dropped_records", "head", "line", "rest")
+
+    def __init__(self, rest: bytes, head: int, line: bool, dropped_records: int,
+                 dropped_lines: int, dropped_bytes: int) -> None:
+        self.rest = rest  # the unwritten end of the record that was cut (b"": none was)
+        self.head = head  # bytes of that record already in the file
+        self.line = line  # that record is an F record (it ends a line)
+        self.dropped_records = dropped_records  # whole records after it, never written
+        self.dropped_lines = dropped_lines  # of those, the F records (one per lost line end)
+        self.dropped_bytes = dropped_bytes
+
+    def __repr__(self) -> str:
+        return (f"Cut(rest={self.rest!r}, head={self.head}, line={self.line}, "
+                f"records={self.dropped_records}, "
+                f"lines={self.dropped_lines}, bytes={self.dropped_bytes})")
+
+
+def cut(data: bytes, written: int) -> Cut:
+    """`data` (whole records, each ending in a newline) was written up to `written` bytes
+    when the file refused more (ENOSPC, EFBIG, EIO). A record cut there must not be left
+    open: whatever is written next would be glued onto it. The caller completes it with
+    `rest` before anything else, or, if that never succeeds, truncates the file by `head`
+    bytes back to the last record boundary. The records after it are lost; they are
+    counted, for the diagnostic, rather than kept: the container must not wait on a full
+    disk."""
+    written = max(0, min(written, len(data)))
+    start = data.rfind(b"\n", 0, written) + 1  # where the record holding the cut begins
+    if start == written:
+        end = written  # the cut fell on a record boundary
+    else:
+        end = data.index(b"\n", written) + 1
+    tail = data[end:]
+    records = tail.split(b"\n")[:-1]
+    lines = sum(1 for r in records if r[FLAG_OFFSET:FLAG_OFFSET + 1] == b"F")
+    line = end > written and data[start + FLAG_OFFSET:start + FLAG_OFFSET + 1] == b"F"
+    return Cut(data[written:end], written - start, line, len(records), lines, len(tail))

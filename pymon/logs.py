@@ -71,6 +71,15 @@ class K8sFileLog(LogSink):
             self.written = 0
         self.total = self.written  # lifetime total for --log-global-size-max, never reset
         self._failed = False
+        # A write that failed part-way (disk full) cut a record: `rest` completes it before
+        # anything else is written, `cut_head` is how much of it is in the file (to roll
+        # back to the record boundary if it can never be completed).
+        self.rest = b""
+        self.cut_head = 0
+        self.cut_line = False  # the cut record is an F record
+        self.dropped_lines = 0  # lifetime, for the SIGUSR1 state report
+        self.dropped_bytes = 0
+        self._lost = [0, 0, 0]  # lines, records, bytes since writes started failing
 
     def write(self, chunk: bytes, stream: bytes, ts: bytes) -> None:
         if self.global_max > 0 and self.total >= self.global_max:
@@ -89,20 +98,88 @@ class K8sFileLog(LogSink):
             self._writev([rec], len(rec))
 
     def _writev(self, bufs: list[bytes], size: int) -> None:
-        self.written += size
-        self.total += size
+        """Write whole records. While the file refuses writes (disk full, say) the monitor
+        goes on and the records are dropped, counted, and reported once writes succeed
+        again; the file never holds a record cut in two (see logformat.cut)."""
+        if self.rest and not self._complete_cut():
+            data = b"".join(bufs)
+            self._drop(logformat.cut(data, 0))
+            return
+        done, error = self._write_all(bufs, size)
+        if error is None:
+            self._resumed()
+            return
+        cut = logformat.cut(b"".join(bufs), done)
+        self.rest, self.cut_head, self.cut_line = cut.rest, cut.head, cut.line
+        self._failing(error)
+        self._drop(cut)
+
+    def _write_all(self, bufs: list[bytes], size: int) -> tuple[int, OSError | None]:
+        """(bytes written, the error that stopped the write or None)."""
+        done = 0
         try:
             done = os.writev(self.fd, bufs)
             while done < size:  # short write (disk nearly full, signal): write the rest
-                rest = b"".join(bufs)[done:]
-                done += os.write(self.fd, rest)
+                done += os.write(self.fd, b"".join(bufs)[done:])
         except OSError as e:
-            # The monitor must go on (the container must not block on us); report once.
-            if not self._failed:
-                log.warning("write to log file %s failed: %s", self.path, e.strerror)
-                self._failed = True
+            return self._count(done), e
+        return self._count(done), None
+
+    def _count(self, done: int) -> int:
+        self.written += done
+        self.total += done
+        return done
+
+    def _complete_cut(self) -> bool:
+        """Write the rest of the record a failed write cut. True once it is complete."""
+        done, error = self._write_all([self.rest], len(self.rest))
+        self.rest = self.rest[done:]
+        self.cut_head += done
+        if error is not None:
+            self._failing(error)
+        return not self.rest
+
+    def _abandon_cut(self) -> None:
+        """Before leaving this file (reopen, exit): complete the cut record if the file
+        takes it now, else roll the file back to the record boundary before it."""
+        if not self.rest or self._complete_cut():
             return
-        self._failed = False
+        try:
+            size = os.fstat(self.fd).st_size
+            os.ftruncate(self.fd, max(0, size - self.cut_head))
+        except OSError as e:  # a fifo or a device: nothing can be taken back
+            log.warning("log file %s ends in a cut record: %s", self.path, e.strerror)
+        else:
+            lost = self.cut_head + len(self.rest)
+            self.written = max(0, self.written - self.cut_head)
+            self._drop(logformat.Cut(b"", 0, False, 1, int(self.cut_line), lost))
+        self.rest = b""
+        self.cut_head = 0
+
+    def _failing(self, error: OSError) -> None:
+        # The monitor must go on (the container must not block on us); report once.
+        if not self._failed:
+            log.warning("write to log file %s failed: %s; output is dropped until writes "
+                        "succeed again", self.path, error.strerror)
+            self._failed = True
+
+    def _drop(self, cut: logformat.Cut) -> None:
+        self.dropped_lines += cut.dropped_lines
+        self.dropped_bytes += cut.dropped_bytes
+        self._lost[0] += cut.dropped_lines
+        self._lost[1] += cut.dropped_records
+        self._lost[2] += cut.dropped_bytes
+
+    def _resumed(self) -> None:
+        if self._failed:
+            self._report_lost("writes to log file %s succeed again")
+            self._failed = False
+
+    def _report_lost(self, what: str) -> None:
+        lines, records, size = self._lost
+        log.warning(what + ": %d lines dropped (%d records, %d bytes)", self.path, lines,
+                    records, size)
+        self._lost = [0, 0, 0]
 
     def reopen(self) -> None:
         """Continue in a new file at the path: at the size cap, and on ctl message 2 (after
@@ -172,6 +249,7 @@ class K8sFileLog(LogSink):
 
     def _adopt(self, fd: int) -> None:
         """Continue in `fd`, a new empty file now at the path."""
+        self._abandon_cut()
         os.close(self.fd)
         self.fd = fd
         self.written = 0
@@ -204,6 +282,10 @@ class K8sFileLog(LogSink):
         return None
 
     def finish(self, sync: bool) -> None:
+        self._abandon_cut()
+        if self._failed:
+            self._report_lost("log file %s: writes still failing at exit")
+            self._failed = False
         if sync:
             try:
                 os.fsync(self.fd)

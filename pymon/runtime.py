@@ -15,7 +15,7 @@ import os
 # for IntEnum wrappers we do not need; the functions and constants are the same.
 import _signal as signal
 
-from pymon import procattrs
+from pymon import procattrs, signals
 from pymon.config import Config
 
 
@@ -79,19 +79,19 @@ class Wiring:
         self.start_fd = start_fd  # exec attach: R blocks on a second start-pipe read
 
 
-def spawn(argv: list[str], wiring: Wiring, replace_listen_pid: bool) -> int:
-    """Fork R and exec the runtime in it. Returns R's pid. If exec fails, R writes the
-    reason to its stderr (which reaches the engine as the failure message) and exits 127."""
+def spawn(argv: list[str], wiring: Wiring, replace_listen_pid: bool,
+          env: dict[str, str]) -> int:
+    """Fork R and exec the runtime in it with `env` (the engine's environment, whichever
+    process received it). Returns R's pid. If exec fails, R writes the reason to its stderr
+    (which reaches the engine as the failure message) and exits 127."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     try:  # in R: only os calls from here on, then exec or _exit
         _prepare_child(wiring, parent)
-        env = runtime_env(dict(os.environ), replace_listen_pid, parent, os.getpid())
-        if env is None:
-            os.execv(argv[0], argv)
-        os.execve(argv[0], argv, env)
+        changed = runtime_env(env, replace_listen_pid, parent, os.getpid())
+        os.execve(argv[0], argv, env if changed is None else changed)
     except BaseException as e:  # noqa: BLE001 - we are a forked child: report and leave
         try:
             os.write(2, f"pymon: failed to execute runtime {argv[0]}: {_describe(e)}\n".encode())
@@ -115,8 +115,9 @@ def _prepare_child(w: Wiring, parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     # Python-level handlers (SIGTERM forwarding) reset to default at exec by themselves;
-    # the mask must be emptied explicitly. SIGPIPE stays ignored, as under conmon.
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # what we ignore (stray signals) and the mask must be reset explicitly. SIGPIPE stays
+    # ignored, as under conmon.
+    signals.restore_defaults()
     for target, fd in ((0, w.stdin), (1, w.stdout), (2, w.stderr)):
         if fd is None:
             continue

@@ -33,6 +33,7 @@ class Relay:
         self.fanout = fanout
         self.eof = trio.Event()
         self.last_data = 0.0  # trio time of the last read that returned data
+        self.relayed = 0  # bytes read from the container (the SIGUSR1 state report)
         os.set_blocking(fd, False)
 
     def read_available(self) -> int:
@@ -52,6 +53,7 @@ class Relay:
             self.eof.set()
             return 0
         self.last_data = trio.current_time()
+        self.relayed += len(chunk)
         self.sinks.write(chunk, self.stream)
         if self.fanout is not None:
             self.fanout(chunk, self.stream)

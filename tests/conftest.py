@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs, runc_spec, write_bundle
 from tests.fakes.engine import Session, kill_if_alive
+from tests.fakes.server import WarmServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,12 +55,24 @@ def bundles(tmp_path: Path, rootfs: Path, base_spec: dict) -> Bundles:
 
 
 class Launcher:
-    """Starts pymon sessions and cleans up every container and monitor they made."""
+    """Starts pymon sessions and cleans up every container and monitor they made. With a
+    `server`, launches are warm: the monitor is forked by it (checked for every launch
+    that reports a monitor pid); without, PYMON_SOCKET is empty and they run cold."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, server: WarmServer | None = None) -> None:
         self.tmp = tmp
+        self.server = server
         self.sessions: list[Session] = []
         self.cids: list[str] = []
+
+    @property
+    def mode(self) -> str:
+        return "cold" if self.server is None else "warm"
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env.update(self.server.env() if self.server is not None else {"PYMON_SOCKET": ""})
+        return env
 
     def new_cid(self) -> str:
         cid = "pymon-test-" + uuid.uuid4().hex[:16]
@@ -67,6 +80,7 @@ class Launcher:
         return cid
 
     def launch(self, argv: list[str], **kwargs: object) -> Session:
+        kwargs["env"] = self.env(kwargs.get("env"))  # type: ignore[arg-type]
         session = Session(argv, **kwargs)  # type: ignore[arg-type]
         self.sessions.append(session)
         return session
@@ -97,7 +111,18 @@ class Launcher:
         assert session.wait_p0() == 0, session.p0_stderr
         msg = json.loads(session.read_sync())
         assert msg["data"] > 0, msg
+        self.check_mode(session)
         return session, paths
+
+    def check_mode(self, session: Session) -> None:
+        """The monitor was forked by the server in warm mode, and not in cold mode. A
+        launch through a wrapper (a private journald's mount namespace) is refused by the
+        server, and so cold, in both."""
+        parent = ppid(session.monitor_pid)
+        if self.server is not None and not session.wrapper:
+            assert parent == self.server.pid, f"monitor's parent {parent} is not the server"
+        else:
+            assert parent != session.p0.pid
 
     def cleanup(self) -> None:
         for s in self.sessions:
@@ -120,8 +145,30 @@ class Paths:
         self.log = bundle / "ctr.log"
 
 
+def ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="session")
+def warm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServer]:
+    """One pymon-server for the session's warm tests (started on first use)."""
+    server = WarmServer(tmp_path_factory.mktemp("server") / "server.sock")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["cold", "warm"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(tmp_path)
+def launcher(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> Iterator[Launcher]:
+    server = request.getfixturevalue("warm_server") if mode == "warm" else None
+    launcher = Launcher(tmp_path, server)
     yield launcher
     launcher.cleanup()

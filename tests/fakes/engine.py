@@ -35,6 +35,7 @@ class Session:
             fds.append(attach_child.fileno())
             child_env["_OCI_ATTACHPIPE"] = str(attach_child.fileno())
         self.conmon_pidfile = conmon_pidfile
+        self.wrapper = list(wrapper)
         self.p0 = subprocess.Popen([*wrapper, *PYMON, *argv], env=child_env, pass_fds=fds, cwd=cwd,
                                    stdin=subprocess.DEVNULL, stdout=stdout,  # type: ignore[arg-type]
                                    stderr=stderr, process_group=0)  # type: ignore[arg-type]

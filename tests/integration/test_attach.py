@@ -7,12 +7,15 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from pymon.attach import STALL_TIMEOUT
 from tests.conftest import RUNC, Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
+from tests.fakes.engine import wait_for
 from tests.integration.test_lifecycle import parse_log, runc_start
 
 pytestmark = pytest.mark.timeout(90)
@@ -227,4 +230,84 @@ def test_clients_come_and_go_while_the_container_writes(bundles: Bundles,
     thread.join(70)
     assert len(result["got"].data["stdout"]) == total  # type: ignore[attr-defined]
     session.wait_monitor(60)
+    assert paths.exit_file.read_text() == "0"
+
+
+def _run_with_stalled_clients(bundles: Bundles, launcher: Launcher, count: int) -> float:
+    """Seconds from `runc start` to the monitor's exit for a container writing 16 MiB
+    while `count` attach clients never read."""
+    total = 16 * MIB
+    bundle = bundles.make(["sh", "-c", f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {total}"])
+    session, paths = launcher.create_ok(bundle)
+    stalled = [connect(bundle / "attach") for _ in range(count)]
+    try:
+        start = time.monotonic()
+        runc_start(paths.cid)
+        session.wait_monitor(60)
+        elapsed = time.monotonic() - start
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert paths.exit_file.read_text() == "0"
+    content = sum(len(line) - 45 - (line[43:44] == b"P")  # a P record adds a newline
+                  for line in paths.log.read_bytes().splitlines(keepends=True))
+    assert content == total  # the log lost nothing to the stalls
+    return elapsed
+
+
+def test_many_stalled_clients_hold_the_container_no_longer_than_one(bundles: Bundles,
+                                                                      launcher: Launcher) -> None:
+    one = _run_with_stalled_clients(bundles, launcher, 1)
+    twelve = _run_with_stalled_clients(bundles, launcher, 12)
+    print(f"container held {one:.2f}s by 1 stalled client, {twelve:.2f}s by 12")
+    assert one >= STALL_TIMEOUT  # the clients did stall it: the bound below means something
+    assert twelve <= one + 1.0
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _released_within(pid: int, count: int) -> float:
+    start = time.monotonic()
+    wait_for(lambda: _fds(pid) == count, timeout=5, what=f"monitor back to {count} fds")
+    return time.monotonic() - start
+
+
+def test_hangup_releases_the_fd_while_the_container_is_quiet(bundles: Bundles,
+                                                             launcher: Launcher) -> None:
+    bundle = bundles.make(["sh", "-c", ('echo up; while read x; do [ "$x" = quit ] && exit 0; '
+                                        'echo "got $x"; done')])
+    # --leave-stdin-open: the clients' EOFs must not end the container
+    session, paths = launcher.create_ok(bundle, "-i", "--leave-stdin-open")
+    keeper = connect(bundle / "attach")
+    runc_start(paths.cid)
+    read_until_eof(keeper, until=b"up\n")
+    pid = session.monitor_pid
+    base = _fds(pid)
+    releases = []
+    for _ in range(5):  # each hangup is noticed at once, with no output flowing
+        client = connect(bundle / "attach")
+        wait_for(lambda: _fds(pid) == base + 1, what="the client accepted")
+        client.close()
+        releases.append(_released_within(pid, base))
+    print(f"monitor fds {base}; released {max(releases) * 1000:.1f} ms after a hangup at most")
+    assert max(releases) < 0.1
+    for _ in range(300):  # a client reconnecting in a loop
+        connect(bundle / "attach").close()
+    after_loop = _fds(pid)
+    settle = _released_within(pid, base)
+    print(f"after 300 connect+close: {after_loop} fds, back to {base} in {settle * 1000:.1f} ms")
+    assert settle < 1.0
+    # a half-close keeps the client for output; its full close then releases it
+    half = connect(bundle / "attach")
+    half.shutdown(socket.SHUT_WR)
+    keeper.send(b"ping\n")
+    assert b"got ping\n" in read_until_eof(half, until=b"got ping\n").data["stdout"]
+    assert _fds(pid) == base + 1
+    half.close()
+    assert _released_within(pid, base) < 0.1
+    keeper.send(b"quit\n")
+    assert read_until_eof(keeper).eof
+    session.wait_monitor()
     assert paths.exit_file.read_text() == "0"

@@ -245,8 +245,8 @@ def test_unexpected_error_still_records_the_exit(launcher: Launcher, tmp_path: P
     inject = ("import sys, pymon.stdio as s\n"
               "def boom(*a): raise RuntimeError('injected fault')\n"
               "s.pump = boom\n"
-              "import pymon.monitor as m; m.pump = boom\n"
-              "from pymon.launch import main; sys.exit(main())\n")
+              "import pymon.monitor.life as m; m.pump = boom\n"
+              "from pymon.launcher.main import main; sys.exit(main())\n")
     res = subprocess.run([sys.executable, "-c", inject, "--sync", "--full-attach", "-c", "c",
                           "-u", "c", "-r", str(rt), "-b", str(tmp_path), "-l", "none",
                           "--exit-dir", str(tmp_path), "-p", str(tmp_path / "pid"),

@@ -2,11 +2,16 @@
 
 Every podman call uses a private --root/--runroot/--tmpdir (so nothing is shared with the
 host's podman or with another session), CONTAINERS_CONF pointing at a containers.conf whose
-conmon_path is pymon's production entry point (`python -m pymon.entrypoint DEST`, a
-`python -IS` script), and runc. A local busybox image is imported once per session.
+conmon_path is pymon's production entry point (`python -m pymon.entrypoint DEST`: the C
+launcher), and runc. A local busybox image is imported once per session and mode.
+
+Every test runs twice: cold (PYMON_SOCKET empty: the launcher execs `python -IS -c ...`)
+and warm (a pymon-server, whose socket containers.conf passes to the monitor through
+conmon_env_vars, as the README tells users to do).
 
 After each test every container is removed and no pymon monitor may be left: `pgrep -f
-<entry point>` must find nothing (each found pid is awaited with a pidfd, bounded).
+<entry point>` (cold) and the server's children (warm) must find nothing (each found pid
+is awaited with a pidfd, bounded).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs
 from tests.fakes.engine import wait_pid_gone
 from tests.fakes.journal import PrivateJournal
 from tests.fakes.journal import available as journald_available
+from tests.fakes.server import WarmServer
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -40,6 +46,7 @@ RUNC_ROOT = "/run/runc"  # podman (root) does not pass --root to runc
 
 CONTAINERS_CONF = """[engine]
 conmon_path = ["{entry}"]
+conmon_env_vars = [{env}]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "runc"
@@ -126,17 +133,24 @@ class Podman:
 
 
 class Monitors:
-    """pymon monitor processes, found by the entry point path in their command line."""
+    """pymon monitor processes: cold ones by the entry point path in their command line
+    (the C launcher's bootstrap names it), warm ones as the server's children."""
 
-    def __init__(self, entry: Path) -> None:
+    def __init__(self, entry: Path, server: WarmServer | None = None) -> None:
         self.entry = entry
+        self.server = server
         # pgrep takes an extended regular expression
         self.pattern = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", str(entry))
 
     def pids(self) -> set[int]:
-        r = subprocess.run(["pgrep", "-f", self.pattern], capture_output=True, timeout=10)
-        assert r.returncode in (0, 1), r
-        return {int(p) for p in r.stdout.split()} - {os.getpid()}
+        found = set()
+        for args in (["-f", self.pattern], ["-P", str(self.server.pid)] if self.server else []):
+            if not args:
+                continue
+            r = subprocess.run(["pgrep", *args], capture_output=True, timeout=10)
+            assert r.returncode in (0, 1), r
+            found |= {int(p) for p in r.stdout.split()}
+        return found - {os.getpid()}
 
     def monitor_pids(self) -> set[int]:
         """Like pids(), without children of a monitor that have not exec'd yet (they carry
@@ -179,13 +193,24 @@ class Monitors:
             out.append(f"{pid}:{extra} {b' '.join(argv)[:300]!r}")
         return "\n".join(out)
 
-    def assert_is_monitor(self, pid: int, cid: str, session: str | None = None) -> None:
-        """`pid` runs pymon's entry point (python -IS ENTRY ...) for container `cid`."""
+    def assert_is_monitor(self, pid: int, cid: str, session: str | None = None,
+                          warm: bool | None = None) -> None:
+        """`pid` is pymon's monitor for container `cid`: warm, a child of the server; cold,
+        the launcher's exec of `python -IS -c BOOTSTRAP ... # ENTRY` with the container's
+        argv. `warm` defaults to whether there is a server."""
+        if warm is None:
+            warm = self.server is not None
+        if warm:
+            assert self.server is not None and _ppid(pid) == self.server.pid, \
+                f"{pid} is not the server's child: {self.describe({pid})}"
+            return
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         argv_s = [a.decode() for a in argv]
-        assert argv_s[:3] == [str(VENV_PYTHON.absolute()), "-IS", str(self.entry)], argv_s[:3]
-        assert argv_s[argv_s.index("-c") + 1] == cid
-        assert argv_s[argv_s.index("-u") + 1] == (session or cid)
+        assert argv_s[:3] == [str(VENV_PYTHON.absolute()), "-IS", "-c"], argv_s[:3]
+        assert argv_s[3].endswith(f"# {self.entry}"), argv_s[3]
+        args = argv_s[4:]
+        assert args[args.index("-c") + 1] == cid
+        assert args[args.index("-u") + 1] == (session or cid)
 
 
 def _ppid(pid: int) -> int | None:
@@ -203,14 +228,33 @@ def pymon_entry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("pymon-bin") / "pymon"
     subprocess.run([str(VENV_PYTHON), "-m", "pymon.entrypoint", str(dest)], check=True,
                    cwd=REPO, timeout=120)
-    assert dest.read_text().startswith(f"#!{VENV_PYTHON} -IS\n")
+    assert dest.read_bytes().startswith(b"\x7fELF"), "the C launcher was not built"
     return dest
 
 
+@pytest.fixture(scope="session", params=["cold", "warm"])
+def podman_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def containers_conf(tmp_path_factory: pytest.TempPathFactory, pymon_entry: Path) -> Path:
+def podman_server(podman_mode: str, pymon_entry: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServer | None]:
+    if podman_mode == "cold":
+        yield None
+        return
+    server = WarmServer(tmp_path_factory.mktemp("srv") / "server.sock")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def containers_conf(tmp_path_factory: pytest.TempPathFactory, pymon_entry: Path,
+                    podman_server: WarmServer | None) -> Path:
     conf = tmp_path_factory.mktemp("conf") / "containers.conf"
-    conf.write_text(CONTAINERS_CONF.format(entry=pymon_entry))
+    env = {"PYMON_SOCKET": ""} if podman_server is None else podman_server.env()
+    conf.write_text(CONTAINERS_CONF.format(
+        entry=pymon_entry, env=", ".join(f'"{k}={v}"' for k, v in env.items())))
     return conf
 
 
@@ -235,8 +279,8 @@ def import_image(podman: Podman, tar: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def monitors(pymon_entry: Path) -> Monitors:
-    return Monitors(pymon_entry)
+def monitors(pymon_entry: Path, podman_server: WarmServer | None) -> Monitors:
+    return Monitors(pymon_entry, podman_server)
 
 
 @pytest.fixture(scope="session")

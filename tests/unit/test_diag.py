@@ -33,3 +33,11 @@ def test_rate_limited(captured: list[bytes]) -> None:
     d.warning("after")
     assert captured[-1] == (b"[conmon:w]: after (%d earlier messages suppressed)\n"
                             % (100 - diag.BURST))
+
+
+def test_report_is_shown_at_any_level(captured: list[bytes]) -> None:
+    d = diag.Diag()
+    d.configure("error", False, "cid", None)
+    d.info("hidden")
+    d.report("state: %s", "ok")  # asked for by the operator (SIGUSR1)
+    assert captured == [b"[conmon:i]: state: ok\n"]

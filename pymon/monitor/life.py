@@ -8,7 +8,7 @@ One nursery holds the whole life of the container:
 
 then, in this order (the ordering invariants of ARCHITECTURE.md):
     logs flushed and fsynced -> engine fds closed -> exit files -> exec exit message.
-The exit command runs after `run` returns (launch.py), outside trio.
+The exit command runs after `run` returns (monitor/setup.py), outside trio.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from pymon.attach import AttachServer, Stdin
 from pymon.ctl import LineSplitter, read_pending
 from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
-from pymon.launch import Launched
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
+from pymon.monitor.setup import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
+from pymon.status import report_on_sigusr1
 from pymon.stdio import Relay, pump
 
 # After the container's pid exits, processes it left behind may hold its output pipes. We
@@ -98,6 +99,7 @@ class Monitor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reaper.run)
                 nursery.start_soon(forward_signals, self.reaper)
+                nursery.start_soon(report_on_sigusr1, self)
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 if self.l.early_ctl is not None:
                     self.l.early_ctl.stop()  # from here on the tasks below serve the fifos

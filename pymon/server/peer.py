@@ -1,0 +1,85 @@
+"""Who may be served: the launcher must be the server's twin in everything a fork cannot
+change. Same uid, gid and groups (SO_PEERCRED and /proc), same namespaces and root (a fork
+inherits the server's), and nothing the monitor would have to raise above the server's own
+limits without the capability to do it. Anyone else is refused and runs cold, which is
+how rootless podman (another user namespace) keeps working next to a root server.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from pymon.server.wire import Rejected, Request
+
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+CAP_SYS_NICE = 23
+CAP_SYS_RESOURCE = 24
+
+
+def _status_field(pid: int | str, name: bytes) -> bytes:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(name + b":"):
+                return line[len(name) + 1:].strip()
+    return b""
+
+
+class Self:
+    """The server's own identity and limits, read once at start."""
+
+    def __init__(self) -> None:
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        self.groups = frozenset(os.getgroups())
+        self.namespaces = {ns: self._ident(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
+        self.root = self._ident("/proc/self/root")
+        caps = int(_status_field("self", b"CapEff") or b"0", 16)
+        self.can_raise_limits = bool(caps >> CAP_SYS_RESOURCE & 1)
+        self.can_renice = bool(caps >> CAP_SYS_NICE & 1)
+        with open("/proc/self/oom_score_adj", "rb") as f:
+            self.oom_score_adj = int(f.read())
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
+
+    @staticmethod
+    def _ident(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_peer(self, pid: int, uid: int, gid: int) -> None:
+        """Raises Rejected unless the connecting process may be served."""
+        if uid != self.uid:
+            raise Rejected(f"peer uid {uid} is not the server's ({self.uid})")
+        if gid != self.gid:
+            raise Rejected(f"peer gid {gid} is not the server's ({self.gid})")
+        if pid <= 0:
+            raise Rejected("peer pid unknown (another pid namespace)")
+        try:
+            for ns, mine in self.namespaces.items():
+                if self._ident(f"/proc/{pid}/ns/{ns}") != mine:
+                    raise Rejected(f"peer is in another {ns} namespace")
+            if self._ident(f"/proc/{pid}/root") != self.root:
+                raise Rejected("peer has another root directory")
+            groups = frozenset(int(g) for g in _status_field(pid, b"Groups").split())
+        except OSError as e:
+            raise Rejected(f"peer {pid} cannot be inspected: {e.strerror}") from None
+        if groups != self.groups:
+            raise Rejected("peer has other supplementary groups")
+
+    def check_request(self, req: Request, peer_pid: int) -> None:
+        """What a forked monitor could not mirror: refused here rather than found later."""
+        if req.pid != peer_pid:
+            raise Rejected(f"request says pid {req.pid}, peer is {peer_pid}")
+        if not self.can_raise_limits:
+            for lim in req.rlimits:
+                hard = resource.getrlimit(lim.resource)[1]
+                if hard != resource.RLIM_INFINITY and (lim.hard == -1 or lim.hard > hard):
+                    raise Rejected(f"rlimit {lim.resource}: hard limit {lim.hard} is above "
+                                   f"the server's {hard}")
+            if req.oom_score_adj < self.oom_score_adj:
+                raise Rejected(f"oom_score_adj {req.oom_score_adj} is below the server's "
+                               f"{self.oom_score_adj}")
+        if req.nice < self.nice and not self.can_renice:
+            raise Rejected(f"nice {req.nice} is below the server's {self.nice}")

@@ -1,0 +1,234 @@
+"""The server's loop: accept launchers, check them, fork one monitor per request.
+
+Single-threaded, no trio loop (a fork must not copy a running one): a poll set of the
+listening socket, a signal wakeup pipe, and connections that have not sent their request
+yet, each with a deadline so that a silent client costs one fd for a second and nothing
+else. A request is served or refused at once; nothing a launcher sends can make the server
+wait, and nothing goes wrong for other launchers or for running monitors when it is bad.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from pymon import handover
+from pymon.cli import VERSION
+from pymon.server import cgroups
+from pymon.server.peer import Self
+from pymon.server.stamp import CodeStamp
+from pymon.server.wire import Rejected, Request, decode_request
+
+REQUEST_DEADLINE = 1.0  # a connection that has sent nothing by then is dropped
+BACKLOG = 128
+_CRED = struct.Struct("3i")
+
+
+def say(text: str) -> None:
+    try:
+        os.write(2, f"pymon-server[{os.getpid()}]: {text}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+class Server:
+    def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False) -> None:
+        self.listener = listener
+        self.listener.setblocking(False)
+        self.path = path
+        self.ident = os.stat(path).st_ino if path else None
+        self.verbose = verbose
+        self.me = Self()
+        self.stamp = CodeStamp()
+        self.mounts = cgroups.read_mounts()
+        self.pending: dict[int, tuple[socket.socket, float]] = {}
+        self.monitors: set[int] = set()
+        self.served = self.refused = 0
+        self.stopping = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            say(text)
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # reaped in the loop
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._stop)
+        poller = select.poll()
+        poller.register(self.listener.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        say(f"serving on {self.path or 'an inherited socket'} (pymon {VERSION})")
+        try:
+            while not self.stopping:
+                timeout = None
+                if self.pending:
+                    nearest = min(deadline for _, deadline in self.pending.values())
+                    timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
+                for fd, _ in poller.poll(timeout):
+                    if fd == self.wake_r:
+                        self._drain_wakeups()
+                    elif fd == self.listener.fileno():
+                        self._accept(poller)
+                    elif fd in self.pending:
+                        conn, _ = self.pending.pop(fd)
+                        poller.unregister(fd)
+                        with conn:
+                            self._serve(conn)
+                    if self.stopping:
+                        break
+                self._expire(poller)
+                self._reap()
+        finally:
+            self.close()
+        say(f"stopped: {self.served} monitors forked, {self.refused} requests refused")
+        return 0
+
+    def _stop(self, sig: int, frame: object) -> None:
+        self.stopping = True
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self, poller: select.poll) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and the like: keep serving the others
+                say(f"accept failed: {e}")
+                return
+            conn.setblocking(False)
+            self.pending[conn.fileno()] = (conn, time.monotonic() + REQUEST_DEADLINE)
+            poller.register(conn.fileno(), select.POLLIN)
+
+    def _expire(self, poller: select.poll) -> None:
+        now = time.monotonic()
+        for fd, (conn, deadline) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[fd]
+                poller.unregister(fd)
+                self.debug("dropped a connection that sent no request")
+                conn.close()
+
+    def _reap(self) -> None:
+        while self.monitors:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.monitors.clear()
+                return
+            if pid == 0:
+                return
+            self.monitors.discard(pid)
+
+    # --- one request -----------------------------------------------------------------
+
+    def _serve(self, conn: socket.socket) -> None:
+        received: list[int] = []
+        try:
+            req, peer = self._receive(conn, received)
+            pid = self._fork(req, conn, received)
+        except Rejected as e:
+            self.refused += 1
+            self.debug(f"refused: {e}")
+            self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
+            return
+        finally:
+            for fd in received:
+                os.close(fd)
+        self.served += 1
+        self.monitors.add(pid)
+        self._reply(conn, handover.encode_reply(handover.READY, pid))
+        self.debug(f"forked monitor {pid} for launcher {peer}")
+
+    @staticmethod
+    def _reply(conn: socket.socket, data: bytes) -> None:
+        try:
+            conn.send(data)
+        except OSError:
+            pass  # the launcher gave up; a monitor still waiting for GO sees EOF and leaves
+
+    def _receive(self, conn: socket.socket, received: list[int]) -> tuple[Request, int]:
+        fd_space = socket.CMSG_SPACE(handover.MAX_FDS * 4)
+        try:
+            data, ancdata, flags, _ = conn.recvmsg(handover.MAX_REQUEST + 1, fd_space)
+        except OSError as e:
+            raise Rejected(f"reading the request: {e.strerror}") from None
+        for level, kind, payload in ancdata:  # close whatever came, whatever happens next
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                received.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise Rejected(f"more than {handover.MAX_FDS} fds")
+        if flags & socket.MSG_TRUNC or len(data) > handover.MAX_REQUEST:
+            raise Rejected(f"request over {handover.MAX_REQUEST} bytes")
+        if not data:
+            raise Rejected("empty request")
+        pid, uid, gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     _CRED.size))
+        self.me.check_peer(pid, uid, gid)
+        req = decode_request(data, len(received))
+        if req.version != VERSION:
+            self._check_code()
+            raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")
+        self._check_code()
+        self.me.check_request(req, pid)
+        return req, pid
+
+    def _check_code(self) -> None:
+        changed = self.stamp.changed()
+        if changed is not None:
+            # An upgrade happened under us: this and every later launcher runs cold until
+            # a server with the new code replaces us (systemd restarts it; by hand: start it)
+            self.stopping = True
+            raise Rejected(f"server code changed since it started ({changed}); server exits")
+
+    def _fork(self, req: Request, conn: socket.socket, received: list[int]) -> int:
+        if threading.active_count() != 1:
+            raise Rejected("server has a thread; it will not fork")  # never expected
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                from pymon.server import twin
+
+                status = twin.run(req, conn.fileno(), received, self.mounts)
+            except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
+                try:
+                    os.write(2, f"[conmon:e]: warm monitor failed: {e!r}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(status)
+        return pid
+
+    def close(self) -> None:
+        for conn, _ in self.pending.values():
+            conn.close()
+        self.pending.clear()
+        if self.path and self.ident is not None:
+            try:
+                if os.stat(self.path).st_ino == self.ident:
+                    os.unlink(self.path)  # only our own socket, not a successor's
+            except OSError:
+                pass
+        self.listener.close()

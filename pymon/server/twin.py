@@ -1,0 +1,196 @@
+"""In a monitor forked by the server: become the launcher's twin, then run the monitor.
+
+Before GO nothing of the launcher's is touched except what it sent us: we install its fds
+at their numbers (closing every fd of the server's), its environment, cwd, umask, rlimits,
+nice value, oom_score_adj and signal state, then wait for GO. After GO we run what the cold
+path runs (prepare, the start pipe), join the launcher's cgroups before forking anything,
+and tell the launcher to go (it writes the conmon pidfile) or, with --sync, to wait for our
+exit status. A failure to mirror the launcher is reported on the sync pipe once we know it,
+as the cold monitor's set-up failures are, and M exits 1.
+"""
+
+from __future__ import annotations
+
+import _signal as signal
+import fcntl
+import os
+import resource
+import select
+import time
+
+from pymon import handover, logformat, sync
+from pymon.diag import log
+from pymon.errors import PymonError, SetupError
+from pymon.handover import Invocation
+from pymon.monitor.prepare import Prepared, begin, prepare, write_all
+from pymon.monitor.setup import monitor_process
+from pymon.server import cgroups
+from pymon.server.wire import MASK64, Request
+
+# Python ignores these at start-up in every interpreter, so a cold monitor has them ignored
+# whatever the engine passed; the server's are the same.
+_PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _install_fds(targets: list[int], received: list[int], conn: int) -> int:
+    """Place the received fds at the launcher's numbers and close everything else of the
+    server's, 0-2 included. Returns the connection's new fd (CLOEXEC, above them all)."""
+    base = max([*targets, *received, conn, 2]) + 1
+    conn = fcntl.fcntl(conn, fcntl.F_DUPFD_CLOEXEC, base)
+    staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
+    keep = {conn, *staged}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for target, fd in zip(targets, staged):
+        os.dup2(fd, target)  # inheritable, as every fd the engine passed is
+        os.close(fd)
+    return conn
+
+
+def _signal_state(blocked: int, ignored: int) -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        handler = signal.SIG_IGN if ignored >> (sig - 1) & 1 or sig in _PYTHON_IGNORES \
+            else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError):
+            pass  # the reserved real-time signals of the C library
+    signal.pthread_sigmask(signal.SIG_SETMASK,
+                           [s for s in range(1, signal.NSIG) if blocked >> (s - 1) & 1])
+
+
+def _process_state(req: Request) -> str | None:
+    """Environment, cwd, umask, rlimits, nice, oom_score_adj. Returns what could not be
+    mirrored, for the sync pipe, or None."""
+    problem = None
+    os.environ.clear()
+    for entry in req.env:
+        key, _, value = entry.partition(b"=")
+        os.environ[os.fsdecode(key)] = os.fsdecode(value)
+    # Timestamps in the k8s log use the launcher's TZ, as a cold monitor's would
+    time.tzset()
+    logformat.reset_timestamp_cache()
+    try:
+        os.chdir(req.cwd)
+    except OSError as e:
+        problem = f"Failed to change to the launcher's directory: {e.strerror}"
+    os.umask(req.umask)
+    for lim in req.rlimits:
+        want = (resource.RLIM_INFINITY if lim.soft == -1 else lim.soft,
+                resource.RLIM_INFINITY if lim.hard == -1 else lim.hard)
+        try:
+            if resource.getrlimit(lim.resource) != want:
+                resource.setrlimit(lim.resource, want)
+        except (OSError, ValueError) as e:
+            problem = problem or f"Failed to set rlimit {lim.resource}: {e}"
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != req.nice:
+            os.setpriority(os.PRIO_PROCESS, 0, req.nice)
+    except OSError as e:
+        problem = problem or f"Failed to set the launcher's nice value: {e.strerror}"
+    try:
+        with open("/proc/self/oom_score_adj", "r+b", buffering=0) as f:
+            if int(f.read()) != req.oom_score_adj:
+                f.write(str(req.oom_score_adj).encode())
+    except (OSError, ValueError) as e:
+        problem = problem or f"Failed to set the launcher's oom_score_adj: {e}"
+    try:  # the process name a cold monitor would have: its executable's
+        with open("/proc/self/comm", "wb", buffering=0) as f:
+            f.write(os.path.basename(req.argv[0])[:15])
+    except OSError:
+        pass
+    return problem
+
+
+def _reseed() -> None:
+    import sys
+
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()  # forked siblings must not share the server's random sequence
+
+
+def _send(conn: int, kind: str, value: int = 0, text: str = "") -> None:
+    try:
+        os.write(conn, handover.encode_reply(kind, value, text))
+    except OSError:
+        pass  # the launcher is gone: the engine will see it exit abnormally
+
+
+def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount]) -> int:
+    """The forked child's whole life; returns its exit status."""
+    _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
+    conn = _install_fds(list(req.fds), received, conn)
+    log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
+    _reseed()
+    problem = _process_state(req)
+    try:  # the connection is non-blocking (shared with the server's loop): poll
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        poller.poll()
+        if os.read(conn, 16) != handover.GO:
+            return 0  # the launcher went cold: nothing has happened
+    except OSError:
+        return 0
+    begin()
+    inv = Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
+                     os.fsdecode(req.cwd), req.umask, tuple(fd for fd in req.fds if fd > 2))
+    try:
+        prep = prepare(inv)
+        if isinstance(prep, str):
+            write_all(1, prep.encode())
+            _send(conn, handover.EXITED, 0)
+            return 0
+    except PymonError as e:
+        try:
+            os.write(2, e.render().encode(errors="replace"))
+        except OSError:
+            pass
+        _send(conn, handover.EXITED, e.status)
+        return e.status
+    # The start byte has come: the engine has moved the launcher. Join it before anything
+    # is forked (contract §2.7), and while the launcher is still there to be read.
+    if problem is None:
+        try:
+            cgroups.join(req.pid, mounts)
+        except OSError as e:
+            problem = f"Failed to join the launcher's cgroups: {e.strerror or e}"
+    sync_mode = prep.config.opts.sync
+    if sync_mode:
+        _send(conn, handover.RUNNING, os.getpid())
+        keep = frozenset((conn,))
+    else:
+        _send(conn, handover.DETACHED, os.getpid(), prep.config.opts.conmon_pidfile or "")
+        os.close(conn)
+        keep = frozenset()
+    status = 1
+    try:
+        if problem is not None:
+            _report(prep, problem)
+        else:
+            status = monitor_process(prep, keep)
+    except PymonError:
+        status = 1  # already on the sync pipe (monitor_process sends it)
+    finally:
+        if sync_mode:
+            _send(conn, handover.EXITED, status)
+    return status
+
+
+def _report(prep: Prepared, problem: str) -> None:
+    """A request that cannot be honoured after the fork: the engine learns why on the sync
+    pipe, as it does for the cold monitor's set-up failures."""
+    log.error("%s", problem)
+    key = sync.message_key(prep.config.api_version, prep.config.opts.exec)
+    try:
+        sync.send(prep.sync_fd, sync.encode(key, -1, str(SetupError(problem))))
+    except OSError:
+        pass

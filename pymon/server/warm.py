@@ -1,0 +1,76 @@
+"""Warming the server once, so that its forks start warm: every module a monitor uses is
+imported, one short monitor-like trio workload runs (first calls fill caches and create
+what trio creates lazily), and the heap is frozen so that the collector never touches the
+shared objects again (a collection in a monitor would otherwise dirty, and so copy, every
+page that holds one)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+
+
+def import_all() -> None:
+    # What a monitor imports lazily on its way, imported here once for every monitor.
+    import fcntl  # noqa: F401
+    import json  # noqa: F401
+    import random  # noqa: F401
+    import resource  # noqa: F401
+    import select  # noqa: F401
+    import time  # noqa: F401
+    import traceback  # noqa: F401
+
+    import trio  # noqa: F401
+
+    from pymon import _native, exitfile, journald, notify, oom, procattrs, terminal  # noqa: F401
+    from pymon.monitor import life, prepare, setup, verdict  # noqa: F401
+    from pymon.server import twin  # noqa: F401
+
+
+async def _workload() -> None:
+    import trio
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        got = trio.Event()
+
+        async def reader() -> None:
+            await trio.lowlevel.wait_readable(r)
+            os.read(r, 64)
+            got.set()
+
+        with trio.open_signal_receiver(signal.SIGCHLD):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.sleep(0)
+                os.write(w, b"2024-01-01T00:00:00.000000000Z stdout F warm\n")
+                with trio.move_on_after(5):
+                    await got.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def warm() -> None:
+    import trio
+
+    from pymon import logformat, sync
+    from pymon.cli import parse_args
+
+    import_all()
+    parse_args(["--api-version", "1", "-c", "warm", "-u", "warm", "-r", "/bin/true",
+                "-b", "/", "-l", "k8s-file:/dev/null", "--exit-dir", "/"])
+    sync.encode("data", 1, "warm")
+    # the request path too: msgspec builds its decoder state on first use
+    from pymon import handover
+    from pymon.server.wire import decode_request
+
+    decode_request(handover.encode_request(
+        handover.__name__, os.getpid(), [b"pymon"], [b"A=b"], b"/", 0o22, [0], [(7, 1, 2)],
+        0, 0, 0, 0), 1)
+    logformat.records(b"warm\n", b"stdout", logformat.timestamp())
+    trio.run(_workload)
+    gc.collect()
+    gc.freeze()

@@ -1,0 +1,69 @@
+"""SIGUSR1: a one-line report of the monitor's state in its diagnostics.
+
+An operator who wonders what a monitor is doing (`kill -USR1 PID`) gets the container's
+pid, the bytes relayed per stream, the attach clients, the log file's size and what was
+dropped, in syslog (with --syslog) and on stderr where stderr goes somewhere. Gathering
+(`snapshot`) is apart from formatting (`format_state`, pure)."""
+
+from __future__ import annotations
+
+import signal
+
+import trio
+
+from pymon.cli import Frozen
+from pymon.diag import log
+from pymon.logs import K8sFileLog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pymon.monitor.life import Monitor
+
+
+class State(Frozen):
+    __slots__ = ("attach_clients", "attach_stalled", "dropped_bytes", "dropped_lines", "log_size",
+                 "pid", "relayed", "running")
+    pid: int
+    running: bool
+    relayed: tuple[tuple[str, int], ...]  # (stream, bytes) per relayed stream
+    attach_clients: int | None  # None: no attach socket
+    attach_stalled: int  # clients disconnected for not reading
+    log_size: int | None  # bytes in the current k8s-file log; None: no k8s-file
+    dropped_lines: int  # log lines lost to failed writes
+    dropped_bytes: int
+
+    def __init__(self, **values: object) -> None:
+        self._init(values)
+
+
+def format_state(s: State) -> str:
+    parts = [f"state: container pid {s.pid} {'running' if s.running else 'exited'}"]
+    parts.append("relayed " + (", ".join(f"{stream} {n} bytes" for stream, n in s.relayed)
+                               or "nothing (no output streams)"))
+    if s.attach_clients is None:
+        parts.append("no attach socket")
+    else:
+        parts.append(f"{s.attach_clients} attach clients ({s.attach_stalled} dropped as stalled)")
+    parts.append("no log file" if s.log_size is None else f"log file {s.log_size} bytes")
+    parts.append(f"{s.dropped_lines} log lines ({s.dropped_bytes} bytes) dropped")
+    return "; ".join(parts)
+
+
+def snapshot(m: Monitor) -> State:
+    files = [s for s in m.sinks.sinks if isinstance(s, K8sFileLog)]
+    return State(
+        pid=m.l.container_pid, running=not m.reaper.exited.is_set(),
+        relayed=tuple((r.stream.decode(), r.relayed) for r in m.relays),
+        attach_clients=None if m.attach is None else len(m.attach.clients),
+        attach_stalled=0 if m.attach is None else m.attach.stalled,
+        log_size=files[0].written if files else None,
+        dropped_lines=sum(f.dropped_lines for f in files),
+        dropped_bytes=sum(f.dropped_bytes for f in files))
+
+
+async def report_on_sigusr1(m: Monitor) -> None:
+    """While the container runs: each SIGUSR1 logs the state (trio restores SIG_IGN, set
+    by signals.ignore_stray, when this ends)."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            log.report("%s", format_state(snapshot(m)))
