@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+
+TYPE_CHECKING = False  # annotations only: collections.abc is not loaded by a bare
+if TYPE_CHECKING:  # interpreter, and the trio-free ExecSync monitor imports this module
+    from collections.abc import Callable, Iterable, Mapping
 
 # How long the monitor waits, after SIGKILL, for the killed processes to be reaped before
 # it reports the timeout anyway. A SIGKILLed process dies within milliseconds unless it is

@@ -162,16 +162,16 @@ def test_timeout_reaps_before_reporting(rig: Rig, target: Target) -> None:
 
 def test_execsync_monitor_does_without_trio(target: Target, files: execsync.Files,
                                             tmp_path: Path) -> None:
-    """The foreground ExecSync monitor (pymon.probe) never imports trio: that import is
+    """The foreground ExecSync monitor (pymon.monitor.probe) never imports trio: that import is
     most of an exec probe's cost (bench/execsync.py). (The monitor's stderr is /dev/null
     by then, so the modules are written to a file when it returns.)"""
     from tests.crio.conftest import REPO, VENV_PYTHON
 
     out = tmp_path / "modules"
-    code = ("import sys; from pymon.launch import main; rc = main(); "
+    code = ("import sys; from pymon.launcher.main import main; rc = main(warm=False); "
             f"open({str(out)!r}, 'w').write(' '.join(sorted(sys.modules))); sys.exit(rc)")
     res = execsync.run([str(VENV_PYTHON), "-c", code], target.argv(files),
                        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)})
     assert res.message == {"exit_code": 0}, res
     modules = out.read_text().split()
-    assert "pymon.probe" in modules and "trio" not in modules
+    assert "pymon.monitor.probe" in modules and "trio" not in modules

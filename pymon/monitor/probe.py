@@ -7,7 +7,7 @@ until the exec'd process has exited (or -T expires), then reports. Importing tri
 that is most of its cost (~100 ms of CPU per probe, bench/execsync.py): here the same
 work is done with poll() on the pipes and a pidfd.
 
-The order is monitor.py's: output read to EOF (bounded like monitor.DRAIN_*), logs
+The order is life.py's: output read to EOF (bounded like life.DRAIN_*), logs
 fsynced, engine fds closed, exit files, then the exit message; on -T expiry the whole
 tree is killed and reaped first (proctree).
 """
@@ -27,10 +27,10 @@ from pymon.logs import K8sFileLog, LogSink, Sinks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pymon.launch import Launched
+    from pymon.monitor.setup import Launched
 
 READ_SIZE = 256 * 1024  # as stdio.READ_SIZE (that module imports trio)
-DRAIN_DEADLINE = 2.0  # as monitor.DRAIN_DEADLINE / DRAIN_IDLE
+DRAIN_DEADLINE = 2.0  # as life.DRAIN_DEADLINE / DRAIN_IDLE
 DRAIN_IDLE = 0.2
 
 
