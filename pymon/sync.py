@@ -72,29 +72,26 @@ def send(fd: int | None, packet: bytes) -> int | None:
 
 
 class EarlyReport:
-    """Where the first process reports a failure that happens before the monitor exists
-    (bad argv values, a log file that cannot be opened): conmon writes those only to its
-    stderr, which CRI-O's ExecSync and create paths do not show, so the engine's sync
-    pipe gets the message too. M reports its own failures (launch.monitor_process)."""
+    """Where a failure before the monitor exists is reported (bad argv values, a log file
+    that cannot be opened, a missing exec spec): conmon writes those only to its stderr,
+    which CRI-O's ExecSync and create paths do not show, so the engine's sync pipe gets
+    the message too. Used by monitor/prepare.py, in the cold P0 and in a warm monitor
+    alike; from the fork on, M reports its own failures (monitor/setup.py)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("fd", "key")
+
+    def __init__(self, env: dict[str, str], key: str) -> None:
+        """Finds the engine's sync pipe leniently: a bad value is reported by the strict
+        check (prepare.env_fd), and then nothing can be sent."""
+        self.key = key
         self.fd: int | None = None
-        self.key = "pid"
-
-    def arm(self, api_version: int, is_exec: bool) -> None:
-        """Found the engine's sync pipe in the environment (leniently: a bad value is
-        reported by the strict check later, and then nothing can be sent)."""
-        self.key = message_key(api_version, is_exec)
-        value = os.environ.get("_OCI_SYNCPIPE", "")
+        value = env.get("_OCI_SYNCPIPE", "")
         if value.isdigit():
             try:
                 os.fstat(int(value))
             except OSError:
                 return
             self.fd = int(value)
-
-    def disarm(self) -> None:
-        self.fd = None
 
     def send(self, message: str) -> None:
         if self.fd is not None:
