@@ -4,16 +4,19 @@ The rig (`../shared/tools/crio-rig`, or $PYMON_CRIO_RIG) runs CRI-O offline in a
 state dir (CRIO_RIG_DIR: one per session, deleted at the end), installs what it needs
 from apt on first use, and records every monitor invocation (--trace-conmon).
 
-The monitor is a session fixture parameter (MODES). Each mode gives the rig one path to
-execute; cold mode is the production entry point (`python -m pymon.entrypoint DEST`).
-A warm mode plugs in as another entry of MODES and a branch in `monitor` that
-  (a) starts the pre-forking server (and stops it in the fixture's teardown), and
-  (b) makes the monitor see PYMON_SOCKET: through a wrapper script at the path given to
-      the rig (`exec env PYMON_SOCKET=... ENTRY "$@"`). The rig offers no way to set
-      CRI-O's monitor_env/conmon_env: it writes the runtime handler's monitor_env itself,
-      and a drop-in in its crio.conf.d for [crio.runtime.runtimes.runc] replaces the
-      whole handler (CRI-O's TOML decoding), monitor_path included (checked by hand).
-`MonitorUnderTest.pids` must then also find monitors forked by the server.
+The monitor is a session fixture parameter (MODES, default cold and warm). CRI-O runs the
+path given to the rig; the rig writes the runtime handler's monitor_env itself (PATH only)
+and a crio.conf.d drop-in for [crio.runtime.runtimes.runc] would replace the whole handler,
+so each mode's path is an env wrapper (`write_env_wrapper`: sets the variables, then execs
+the entry point `python -m pymon.entrypoint DEST`, keeping the pid, argv and fds):
+  cold          PYMON_SOCKET empty: the launcher never asks a server
+  warm          PYMON_SOCKET of a pymon-server this fixture starts (tests/fakes/server.py)
+                and stops at the end of the session; the budget is raised as in the
+                integration tests, and every launch must have been served warm
+  cold-wrapper  (opt-in) PYMON_SOCKET where no server listens: the fall-back path
+Warm monitors are the server's children, whose cmdline is the server's: `pids` finds them
+through the server's log ("forked monitor M for launcher L") and the wrapper's record of
+each launcher's pid and argv.
 
 Every test gets a fresh pod (`pod` fixture) that is stopped and removed afterwards; then
 no monitor of this rig may be left running. At the end of the session the rig is
@@ -27,8 +30,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,16 +42,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.engine import wait_pid_gone
+from tests.fakes.server import WarmServer
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 RIG = Path(os.environ.get("PYMON_CRIO_RIG", REPO.parent / "shared" / "tools" / "crio-rig"))
 IMAGE = "localhost/bb:latest"  # the rig's only image: busybox-static, /pause, pgrep
-# The monitor modes the session runs in (PYMON_CRIO_MODES=a,b to choose): "cold" is the
-# entry point itself; "cold-wrapper" runs it through write_env_wrapper with a PYMON_SOCKET
-# that no server answers (the warm launcher's fall-back path, and the wrapper mechanism a
-# warm mode uses). "warm": see the module docstring and the `monitor` fixture.
-MODES = os.environ.get("PYMON_CRIO_MODES", "cold").split(",")
+# The monitor modes the session runs in (PYMON_CRIO_MODES=a,b to choose; see above)
+MODES = os.environ.get("PYMON_CRIO_MODES", "cold,warm").split(",")
 
 
 def rig_skip_reason() -> str | None:
@@ -66,17 +69,67 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "crio: real CRI-O 1.26.4 through crio-rig (needs root)")
 
 
+class ServerLog:
+    """The warm server's stderr, read as it comes (a full pipe would stall the server), so
+    that a monitor's launcher can be looked up: `--verbose` logs "forked monitor M for
+    launcher L" for every fork."""
+
+    FORKED = re.compile(rb"forked monitor (\d+) for launcher (\d+)")
+
+    def __init__(self, server: WarmServer) -> None:
+        assert server.proc is not None and server.proc.stderr is not None
+        self.server = server
+        self.fd = server.proc.stderr.fileno()
+        self.text = server.log
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.fd, 65536):
+            with self.changed:
+                self.text += chunk
+                self.changed.notify_all()
+
+    def forks(self) -> dict[int, int]:
+        """monitor pid -> launcher pid, for every fork logged so far."""
+        with self.changed:
+            return {int(m): int(launcher) for m, launcher in self.FORKED.findall(self.text)}
+
+    def launcher_of(self, monitor: int, timeout: float = 5) -> int | None:
+        """The launcher a monitor was forked for; the line follows the fork at once."""
+        needle = f"forked monitor {monitor} for launcher ".encode()
+        with self.changed:
+            self.changed.wait_for(lambda: needle in self.text, timeout)
+        return self.forks().get(monitor)
+
+    def stop(self) -> int | None:
+        """SIGTERM the server, read its last words, then let WarmServer reap it."""
+        assert self.server.proc is not None
+        if self.server.proc.poll() is None:
+            self.server.proc.send_signal(signal.SIGTERM)
+        self.thread.join(15)
+        return self.server.stop()
+
+
 class MonitorUnderTest:
     """What the rig runs as conmon, and how to find the monitors it started."""
 
-    def __init__(self, mode: str, path: Path, entry: Path) -> None:
+    def __init__(self, mode: str, path: Path, entry: Path, launches: Path,
+                 server: ServerLog | None = None) -> None:
         self.mode = mode
         self.path = path  # given to `crio-rig start --conmon`
-        self.entry = entry  # pymon's entry point (cold: the same file)
+        self.entry = entry  # pymon's entry point, exec'd by the wrapper at `path`
+        self.launches = launches  # the wrapper's record: "PID ARGV..." per launch
+        self.server = server  # warm mode
+
+    def launcher_argvs(self) -> dict[int, str]:
+        return read_launches(self.launches)
 
     def pids(self, needle: str = "") -> set[int]:
-        """Running monitors (their cmdline holds the entry point), optionally only those
-        whose cmdline also holds `needle` (a container id)."""
+        """Running monitors, optionally only those whose argv holds `needle` (a container
+        id, "-c ID"): processes whose cmdline names the entry point (cold monitors, and
+        launchers), and in warm mode the server's children, by their launcher's argv."""
         out = set()
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == os.getpid():
@@ -85,9 +138,55 @@ class MonitorUnderTest:
                 argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if str(self.entry).encode() in argv and needle.encode() in b" ".join(argv):
+            # a cold monitor is the interpreter the C launcher exec'd; its -c program
+            # ends with "# ENTRY" (pymon.entrypoint.bootstrap)
+            joined = b" ".join(argv)
+            if str(self.entry).encode() in joined and needle.encode() in joined:
                 out.add(int(name))
+        if self.server is not None:
+            argvs = None
+            for child in children(self.server.server.pid):
+                launcher = self.server.launcher_of(child)
+                if launcher is None:  # not a monitor we know of: count it, to be safe
+                    out.add(child)
+                    continue
+                argvs = argvs if argvs is not None and launcher in argvs else self.launcher_argvs()
+                if needle in argvs.get(launcher, needle):
+                    out.add(child)
         return out
+
+
+    def left(self, needle: str, timeout: float = 5) -> set[int]:
+        """The monitors matching `needle` still running after up to `timeout` seconds: a
+        warm ExecSync monitor exits just after its launcher got the status."""
+        deadline = time.monotonic() + timeout
+        pids = self.pids(needle)
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    wait_pid_gone(pid, max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    pass
+            pids = self.pids(needle)
+        return pids
+
+
+def read_launches(path: Path) -> dict[int, str]:
+    """launcher pid -> its argv (space-joined), as the wrapper recorded them (the last
+    launch wins if a pid was reused)."""
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        pid, _, argv = line.partition(" ")
+        out[int(pid)] = argv
+    return out
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 @pytest.fixture(scope="session", params=MODES)
@@ -96,34 +195,47 @@ def monitor(request: pytest.FixtureRequest,
     reason = rig_skip_reason()
     if reason:
         pytest.skip(reason)
-    base = tmp_path_factory.mktemp(f"monitor-{request.param}")
+    mode = request.param
+    base = tmp_path_factory.mktemp(f"monitor-{mode}")
     entry = base / "pymon"
     subprocess.run([str(VENV_PYTHON), "-m", "pymon.entrypoint", str(entry)], check=True,
                    cwd=REPO, timeout=120)
-    if request.param == "cold":
-        yield MonitorUnderTest("cold", entry, entry)
-    elif request.param == "cold-wrapper":
-        wrapper = write_env_wrapper(base / "pymon-wrapped", entry,
-                                    {"PYMON_SOCKET": str(base / "no-server.sock")})
-        yield MonitorUnderTest("cold-wrapper", wrapper, entry)
-    # elif request.param == "warm":   (once pymon-server exists)
-    #     socket = base / "server.sock"
-    #     server = <start pymon-server listening on `socket`; wait until it answers>
-    #     try:
-    #         yield MonitorUnderTest("warm", write_env_wrapper(
-    #             base / "pymon-warm", entry, {"PYMON_SOCKET": str(socket)}), entry)
-    #     finally:
-    #         <stop the server; no monitor it forked may outlive the rig (rig fixture)>
-    #   and MonitorUnderTest.pids must also find the monitors the server forked (their
-    #   cmdline is the server's unless it sets the monitor's argv as its title).
+    launches = base / "launches"
+    launches.touch()
+    if mode == "cold":
+        yield MonitorUnderTest(mode, write_env_wrapper(base / "pymon-cold", entry, {
+            "PYMON_SOCKET": ""}, launches), entry, launches)
+    elif mode == "cold-wrapper":
+        yield MonitorUnderTest(mode, write_env_wrapper(base / "pymon-wrapped", entry, {
+            "PYMON_SOCKET": str(base / "no-server.sock")}, launches), entry, launches)
+    elif mode == "warm":
+        server = WarmServer(base / "server.sock", cmd=[str(VENV_PYTHON), "-m", "pymon.server"],
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+        log = ServerLog(server)
+        try:
+            yield MonitorUnderTest(mode, write_env_wrapper(
+                base / "pymon-warm", entry, server.env(), launches), entry, launches, log)
+            # the rig is stopped by now: no monitor of the server may be left, and no
+            # launch may have gone cold (the tests would have tested the cold path)
+            left = children(server.pid)
+            assert not left, f"warm monitors left after the rig stopped: {left}"
+            launched = set(read_launches(launches))
+            served = set(log.forks().values())
+            assert launched and launched <= served, \
+                f"launches not served warm: {sorted(launched - served)}; {log.text[-2000:]!r}"
+        finally:
+            code = log.stop()
+            assert code == 0, log.text[-2000:]
     else:
-        raise AssertionError(f"monitor mode {request.param} has no set-up")
+        raise AssertionError(f"monitor mode {mode} has no set-up")
 
 
-def write_env_wrapper(path: Path, target: Path, env: dict[str, str]) -> Path:
-    """A monitor path for CRI-O that runs `target` with `env` added. sh's exec keeps the
-    pid CRI-O started, the argv and the inherited _OCI_* fds."""
+def write_env_wrapper(path: Path, target: Path, env: dict[str, str], launches: Path) -> Path:
+    """A monitor path for CRI-O that runs `target` with `env` added, and appends "PID ARGV"
+    to `launches` first. sh's exec keeps the pid CRI-O started, the argv and the
+    inherited _OCI_* fds."""
     lines = ["#!/bin/sh", *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+             f"printf '%s %s\\n' \"$$\" \"$*\" >> {shlex.quote(str(launches))}",
              f'exec {shlex.quote(str(target))} "$@"']
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
@@ -225,7 +337,7 @@ def rig(monitor: MonitorUnderTest) -> Iterator[Rig]:
     finally:
         stop = rig.rig("stop")
         _kill_lost_crio(state)
-        left = monitor.pids(str(state))
+        left = monitor.left(str(state), 10)
         clean = rig.rig("clean", "--all")
         assert stop.returncode == 0, stop.stderr
         assert not left, f"monitors left after crio-rig stop: {left}"

@@ -92,7 +92,7 @@ def test_pod_sandbox_create_and_stop(rig: Rig, tmp_path: Path) -> None:
     finally:
         pod.remove()
     assert pod.id not in rig.ok("pods", "-q").split()
-    assert not rig.monitor.pids(pod.id)
+    assert not rig.monitor.left(pod.id)
 
 
 # --- logs -------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_execsync_output_and_exit_codes(rig: Rig, pod: Pod) -> None:
         assert argv[argv.index("--log-global-size-max") + 1] == "16777216"
         assert "--api-version" not in argv and "-u" not in argv
         assert not Path(argv[argv.index("--exec-process-spec") + 1]).exists()  # CRI-O's temp
-    assert not rig.monitor.pids(f"-c {ctr} -n")  # every ExecSync monitor has exited
+    assert not rig.monitor.left(f"-c {ctr} -n")  # every ExecSync monitor has exited
 
 
 def container_ps(rig: Rig, ctr: str) -> list[str]:
