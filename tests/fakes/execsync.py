@@ -48,13 +48,17 @@ class Result:
     """What CRI-O gets from one ExecSync monitor run."""
 
     def __init__(self, returncode: int, sync: bytes, log: bytes, stdout: bytes, stderr: bytes,
-                 wall: float, cpu_total: float, cpu_monitor: float, pid: int) -> None:
+                 wall: float, cpu_total: float, cpu_monitor: float, pid: int,
+                 comm: str = "") -> None:
         self.returncode, self.sync, self.log = returncode, sync, log
         self.stdout, self.stderr = stdout, stderr
         self.wall = wall  # seconds: monitor started -> exited (CRI-O's cmd.Wait())
         self.cpu_total = cpu_total  # seconds: the monitor and everything it waited for
         self.cpu_monitor = cpu_monitor  # seconds: the monitor process alone
         self.pid = pid
+        # the process name it exited with: a C launcher that exec'd the cold path's
+        # interpreter has the interpreter's
+        self.comm = comm
 
     @property
     def message(self) -> dict:
@@ -89,7 +93,7 @@ def run(monitor: Sequence[str], argv: Sequence[str], env: dict[str, str] | None 
                 pass  # the monitor failed before reading it
         out, err, status, usage = _wait(proc, timeout)
         wall = time.perf_counter() - t0
-        cpu_monitor = _self_cpu(proc.pid)
+        cpu_monitor, comm = _self_cpu(proc.pid)
         ready = select.select([sync_r], [], [], 0)[0]
         sync = os.read(sync_r, 65536) if ready else b""
     finally:
@@ -105,10 +109,10 @@ def run(monitor: Sequence[str], argv: Sequence[str], env: dict[str, str] | None 
         log = b""
     cpu_total = usage.ru_utime + usage.ru_stime
     return Result(os.waitstatus_to_exitcode(status), sync, log, out, err, wall, cpu_total,
-                  cpu_monitor if cpu_monitor is not None else cpu_total, proc.pid)
+                  cpu_monitor if cpu_monitor is not None else cpu_total, proc.pid, comm)
 
 
-_schedstat: dict[int, float] = {}
+_schedstat: dict[int, tuple[float, str]] = {}
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, int, os.struct_rusage]:
@@ -134,7 +138,8 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, 
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # a zombie now, not reaped
     try:
         ns = int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[0])
-        _schedstat[proc.pid] = ns / 1e9
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        _schedstat[proc.pid] = ns / 1e9, stat[stat.index("(") + 1:stat.rindex(")")]
     except (OSError, ValueError, IndexError):
         pass
     _, status, usage = os.wait4(proc.pid, 0)
@@ -144,8 +149,8 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, 
     return out, err, status, usage
 
 
-def _self_cpu(pid: int) -> float | None:
-    return _schedstat.pop(pid, None)
+def _self_cpu(pid: int) -> tuple[float | None, str]:
+    return _schedstat.pop(pid, (None, ""))
 
 
 class Files:
