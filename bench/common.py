@@ -55,13 +55,18 @@ class Server:
     """`pymon-server --socket DIR/s.sock` (as `python -m pymon.server`, from this tree):
     started, awaited until its stderr says "serving on", SIGTERMed by stop()."""
 
-    def __init__(self, directory: Path, timeout: float = 60, verbose: bool = False) -> None:
-        self.path = str(directory / "s.sock")
+    def __init__(self, directory: Path, timeout: float = 60, verbose: bool = False,
+                 command: list[str] | None = None, pass_fds: tuple[int, ...] = (),
+                 name: str = "s.sock") -> None:
+        """`command` replaces `python -m pymon.server` (a wrapper taking the server's
+        arguments after its own, as bench/execsync_server.py does)."""
+        self.path = str(directory / name)
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "pymon.server", "--socket", self.path,
-                                      *(["--verbose"] if verbose else [])],
+        self.proc = subprocess.Popen([*(command or [sys.executable, "-m", "pymon.server"]),
+                                      "--socket", self.path, *(["--verbose"] if verbose else [])],
                                      env=PYENV, cwd=str(ROOT), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=pass_fds)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
         buf = b""

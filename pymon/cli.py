@@ -106,7 +106,7 @@ DEFAULTS: dict[str, object] = {
     "restore": None, "runtime": None, "runtime_args": (), "runtime_opts": (),
     "sdnotify_socket": None, "seccomp_notify_socket": None, "seccomp_notify_plugins": None,
     "socket_dir_path": "/var/run/crio", "stdin": False, "sync": False, "syslog": False,
-    "systemd_cgroup": False, "terminal": False, "timeout": 0, "version": False,
+    "systemd_cgroup": False, "terminal": False, "timeout": None, "version": False,
     "full_attach": False, "log_rotate": False, "log_max_files": 1, "log_allowlist_dirs": (),
 }
 
@@ -158,7 +158,7 @@ class Options(Frozen):
         runtime_args: tuple[str, ...]; runtime_opts: tuple[str, ...]
         sdnotify_socket: str | None; seccomp_notify_socket: str | None
         seccomp_notify_plugins: str | None; socket_dir_path: str; stdin: bool; sync: bool
-        syslog: bool; systemd_cgroup: bool; terminal: bool; timeout: int; version: bool
+        syslog: bool; systemd_cgroup: bool; terminal: bool; timeout: int | None; version: bool
         full_attach: bool; log_rotate: bool; log_max_files: int
         log_allowlist_dirs: tuple[str, ...]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 from pymon import _native
 from pymon.diag import log
@@ -232,10 +233,12 @@ class OomWatcher:
     def close(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            try:
-                import trio
-
-                trio.lowlevel.notify_closing(fd)
-            except RuntimeError:
-                pass  # outside trio (final check after trio.run)
+            # Only if trio is loaded: a monitor without trio (pymon.probe) must not pay
+            # its import (~100 ms) to close one fd.
+            trio = sys.modules.get("trio")
+            if trio is not None:
+                try:
+                    trio.lowlevel.notify_closing(fd)
+                except RuntimeError:
+                    pass  # outside trio (final check after trio.run)
             os.close(fd)

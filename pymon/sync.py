@@ -69,3 +69,34 @@ def send(fd: int | None, packet: bytes) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+class EarlyReport:
+    """Where a failure before the monitor exists is reported (bad argv values, a log file
+    that cannot be opened, a missing exec spec): conmon writes those only to its stderr,
+    which CRI-O's ExecSync and create paths do not show, so the engine's sync pipe gets
+    the message too. Used by monitor/prepare.py, in the cold P0 and in a warm monitor
+    alike; from the fork on, M reports its own failures (monitor/setup.py)."""
+
+    __slots__ = ("fd", "key")
+
+    def __init__(self, env: dict[str, str], key: str) -> None:
+        """Finds the engine's sync pipe leniently: a bad value is reported by the strict
+        check (prepare.env_fd), and then nothing can be sent."""
+        self.key = key
+        self.fd: int | None = None
+        value = env.get("_OCI_SYNCPIPE", "")
+        if value.isdigit():
+            try:
+                os.fstat(int(value))
+            except OSError:
+                return
+            self.fd = int(value)
+
+    def send(self, message: str) -> None:
+        if self.fd is not None:
+            try:
+                send(self.fd, encode(self.key, -1, message))
+            except OSError:
+                pass
+            self.fd = None

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from pymon import sync
+from pymon import proctree, sync
 from pymon.attach import AttachServer, Stdin
 from pymon.config import Config
 from pymon.ctl import LineSplitter, read_pending
@@ -100,15 +99,19 @@ class Monitor:
                 if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)
-                t = self.config.opts.timeout
-                timeout = float(t) if t > 0 else math.inf  # -T 0 or negative: none
+                t = self.config.opts.timeout or 0  # None: no -T
+                timeout = float(t) if t > 0 else math.inf  # no -T: none
                 if timeout < math.inf:  # armed when the pid was sent (§8.6), not now
                     timeout = max(0.0, timeout - (time.monotonic() - self.l.pid_sent_at))
                 with trio.move_on_after(timeout) as timer:
                     await self.reaper.exited.wait()
                 if timer.cancelled_caught:
                     self.timed_out = True
-                    kill_container(self.l.container_pid)
+                    # unlike conmon, nothing of it is left running or unreaped (proctree)
+                    left = await proctree.kill_and_reap(self.l.container_pid,
+                                                        self.reaper.sweep)
+                    if left:
+                        log.warning("processes still not reaped after the timeout: %s", left)
                     if self.l.lifeline is not None:
                         self.l.lifeline.exited(-1)
                 else:
@@ -195,19 +198,6 @@ async def wait_for_eof(relays: list[Relay]) -> None:
         last = max((r.last_data for r in relays), default=0.0)
         if trio.current_time() - last >= DRAIN_IDLE:
             return  # held open, but quiet: do not keep the engine waiting
-
-
-def kill_container(pid: int) -> None:
-    """-T expired: SIGKILL the container's process group (runc gives it its own), or the
-    pid alone if it shares ours. The killed process is not waited for (conmon's too)."""
-    try:
-        pgid = os.getpgid(pid)
-        if pgid > 1 and pgid != os.getpgid(0):
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def serve_fifo(fd: int, lines: LineSplitter, handle: Callable[[bytes], None]) -> None:

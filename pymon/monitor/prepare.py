@@ -11,11 +11,11 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from pymon import procattrs, signals
-from pymon.cli import Frozen, parse_args, version_text
-from pymon.config import Config, build_config, check_log_rules
+from pymon import procattrs, signals, sync
+from pymon.cli import Frozen, Options, parse_args, version_text
+from pymon.config import Config, build_config, check_exec_spec, check_log_rules
 from pymon.diag import log
-from pymon.errors import CliError, SetupError
+from pymon.errors import CliError, PymonError, SetupError
 from pymon.handover import Invocation
 from pymon.logs import open_k8s_file
 
@@ -77,12 +77,23 @@ def env_fd(env: dict[str, str], name: str, required: bool = False) -> int | None
 def prepare(inv: Invocation) -> Prepared | str:
     """Parse and check the invocation, open the log, lower our oom_score_adj, then block on
     the start pipe. Returns the text to print and exit 0 with for --help/--version.
-    Raises PymonError for the engine (P0's stderr and exit status)."""
+    Raises PymonError for the engine (P0's stderr and exit status), and sends its text on
+    the sync pipe too once the argv has been parsed (sync.EarlyReport)."""
     parsed = parse_args(list(inv.args))
     if isinstance(parsed, str):
         return parsed
     if parsed.version:
         return version_text()
+    report = sync.EarlyReport(inv.env, sync.message_key(1 if parsed.api_version else 0,
+                                                         parsed.exec))
+    try:
+        return _prepare(inv, parsed)
+    except PymonError as e:
+        report.send(str(e))
+        raise
+
+
+def _prepare(inv: Invocation, parsed: Options) -> Prepared:
     config = build_config(parsed, inv.cwd)
     opts = config.opts
     log.configure(config.log_level, opts.syslog, config.cid, opts.log_tag)
@@ -94,6 +105,8 @@ def prepare(inv: Invocation) -> Prepared | str:
     attach_fd = env_fd(inv.env, "_OCI_ATTACHPIPE", required=True) if opts.exec_attach else None
     if config.bundle is not None and not os.path.isdir(config.bundle):
         raise CliError(f"Bundle path {config.bundle} is not a directory")
+    if opts.exec:
+        check_exec_spec(opts.exec_process_spec or "")
     for what, d in (("exit", opts.exit_dir), ("persist", opts.persist_dir)):
         if d and not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
             raise CliError(f"The {what} directory {d} is not a writable directory")

@@ -1,5 +1,6 @@
 """M's set-up, from the start byte to the pid message (contract §2.3 steps 9-15), then the
-container's life (monitor/life.py) and the exit command.
+container's life (monitor/life.py; monitor/probe.py for CRI-O's ExecSync) and the exit
+command.
 
 Everything here runs before trio is imported: the engine waits for the container pid, and
 `import trio` alone costs ~100 ms in a cold monitor (a monitor forked from pymon-server has
@@ -273,9 +274,15 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo,
             *([(rw.TTY, master)] if master is not None else [
                 (rw.STDOUT, stdout_r), (rw.STDERR, stderr_r)]),
             (rw.ATTACH, attach.fd if attach is not None else None)])
-    from pymon.monitor import life  # imports trio (cold): only now that the engine has the pid
+    from pymon.monitor import probe
 
-    code = life.run(launched)
+    if probe.eligible(launched):  # CRI-O's ExecSync: no trio needed (monitor/probe.py)
+        code = probe.run(launched)
+    else:
+        # imports trio (cold): only now that the engine has the pid
+        from pymon.monitor import life
+
+        code = life.run(launched)
     if opts.exit_command:
         run_exit_command(opts.exit_command, opts.exit_command_args, opts.exit_delay, oom,
                          keep | (lifeline.keep() if lifeline is not None else frozenset()),

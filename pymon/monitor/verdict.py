@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from pymon import runtime
-from pymon.config import Config
+from pymon.config import Config, explain_bad_exec_spec
 from pymon.diag import log
 from pymon.exitfile import exit_status
 
@@ -79,8 +79,10 @@ def judge_runtime(config: Config, status: int, stderr_fd: int | None) -> int:
     try:
         return runtime.read_pidfile(config.container_pidfile)
     except OSError as e:
-        text = read_runtime_stderr(stderr_fd, wait=False)
-        raise RuntimeFailure(text or e.strerror, f"Failed to read pidfile: {e.strerror}") from None
+        message: bytes | str = read_runtime_stderr(stderr_fd, wait=False)
+        if config.opts.exec:  # runc's JSON errors do not name the file ("unexpected EOF")
+            message = explain_bad_exec_spec(config.opts.exec_process_spec or "", message)
+        raise RuntimeFailure(message or e.strerror, f"Failed to read pidfile: {e.strerror}") from None
 
 
 def read_runtime_stderr(fd: int | None, wait: bool) -> bytes:

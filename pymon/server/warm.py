@@ -24,7 +24,7 @@ def import_all() -> None:
     import trio  # noqa: F401
 
     from pymon import _native, exitfile, journald, notify, oom, procattrs, terminal  # noqa: F401
-    from pymon.monitor import life, prepare, setup, verdict  # noqa: F401
+    from pymon.monitor import life, prepare, probe, setup, verdict  # noqa: F401
     from pymon.server import twin  # noqa: F401
 
 

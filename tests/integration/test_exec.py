@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RUNC, Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import Session
+from tests.fakes.engine import Session, wait_pid_gone
 from tests.integration.test_lifecycle import runc_start
 
 pytestmark = pytest.mark.timeout(90)
@@ -201,3 +201,53 @@ def test_background_writer_is_drained_then_idle_holder_released(running, launche
     assert bytes(got.data["stdout"]) == b"main\n" + b"".join(b"bg-%d\n" % i for i in range(1, 6))
     assert ex.session.read_sync(timeout=10) == b'{"data": 0}\n'
     assert time.monotonic() - started < 1.5  # well under DRAIN_DEADLINE (2 s) + margin
+
+
+def server_children(launcher: Launcher) -> set[int]:
+    if launcher.server is None:
+        return set()
+    pid = launcher.server.pid
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+BAD_EXEC_INPUT = ["timeout 0", "timeout -5", "spec missing", "spec malformed", "log dir gone"]
+
+
+@pytest.mark.parametrize("case", BAD_EXEC_INPUT)
+def test_bad_exec_input_reaches_the_sync_pipe(launcher: Launcher, tmp_path: Path,
+                                              case: str) -> None:
+    """CRI-O's ExecSync shape with input a caller got wrong: CRI-O reads only the sync pipe
+    (the monitor's stderr is not shown), so the reason must be there, with a non-zero
+    exit and nothing left running, whether the launcher ran cold or handed over to a
+    warm monitor (whose failures before the fork used to reach its stderr only)."""
+    spec = process_spec(tmp_path / "spec.json", ["true"])
+    log = tmp_path / "exec.log"
+    extra: list[str] = []
+    if case.startswith("timeout"):
+        value = case.split()[1]
+        extra = ["-T", value]
+        want = f"Timeout must be a positive number of seconds, got {value}"
+    elif case == "spec missing":
+        spec.unlink()
+        want = f"Exec process spec {spec}: No such file or directory"
+    elif case == "spec malformed":
+        spec.write_text('{"args": ["true"')
+        want = f"Exec process spec {spec} is not valid: "
+    else:
+        log = tmp_path / "gone" / "exec.log"
+        want = "Failed to open log file No such file or directory"
+    before = server_children(launcher)
+    session = launcher.launch(["-c", "no-such-" + uuid.uuid4().hex[:8], "-n", "x", "-r", RUNC,
+                               "-p", str(tmp_path / "pid"), "-e", "-l", str(log), "--sync",
+                               *extra, "--exec-process-spec", str(spec)])
+    assert session.wait_p0(30) != 0, session.p0_stderr
+    msg = json.loads(session.read_sync())
+    assert msg["exit_code"] == -1 and want in msg["message"], msg
+    assert session.read_sync() == b""  # one message, then EOF: nothing holds the pipe
+    if launcher.server is not None:  # served warm, by a monitor that is gone now
+        launcher.server.wait_for(f"for launcher {session.p0.pid}".encode())
+        for pid in server_children(launcher) - before:
+            wait_pid_gone(pid, 10)

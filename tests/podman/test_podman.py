@@ -427,7 +427,7 @@ def test_run_tty_has_our_size_from_the_start(podman: Podman) -> None:
 
     podman 4.3.1 writes the size (`1 40 132` on ctl) from a goroutine as it attaches,
     concurrently with its `runc start`. The monitor applies it as soon as it is scheduled
-    (ARCHITECTURE.md, invariant 19), but nothing orders podman's write before the
+    (ARCHITECTURE.md, invariant 20), but nothing orders podman's write before the
     container's first instruction, so on a busy machine the container may still find the
     pty's initial 0x0: conmon too (bench/tty_race.py counts both under load). What is
     guaranteed, and asserted: the first answer is our size or 0x0 (the monitor sets no
