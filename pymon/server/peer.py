@@ -58,7 +58,11 @@ class Self:
             raise Rejected("peer pid unknown (another pid namespace)")
         try:
             for ns, mine in self.namespaces.items():
-                if self._ident(f"/proc/{pid}/ns/{ns}") != mine:
+                theirs = self._ident(f"/proc/{pid}/ns/{ns}")
+                if theirs is None and not os.path.exists(f"/proc/{pid}"):
+                    # not a namespace question: the launcher gave up and exited
+                    raise Rejected(f"peer {pid} has gone")
+                if theirs != mine:
                     raise Rejected(f"peer is in another {ns} namespace")
             if self._ident(f"/proc/{pid}/root") != self.root:
                 raise Rejected("peer has another root directory")

@@ -1,0 +1,28 @@
+"""The server's peer check, without root: what a refusal says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from pymon.server.peer import Self
+from pymon.server.wire import Rejected
+
+
+def test_a_launcher_that_has_exited_is_reported_gone_not_in_another_namespace() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: its /proc entry is gone, and the pid is not reused this soon
+    me = Self()
+    with pytest.raises(Rejected, match=f"peer {proc.pid} has gone"):
+        me.check_peer(proc.pid, os.geteuid(), os.getegid())
+
+
+def test_a_live_peer_like_us_is_accepted() -> None:
+    Self().check_peer(os.getpid(), os.geteuid(), os.getegid())
+
+
+def test_another_uid_is_refused_first() -> None:
+    with pytest.raises(Rejected, match="uid"):
+        Self().check_peer(os.getpid(), os.geteuid() + 1, os.getegid())
