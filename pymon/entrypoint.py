@@ -5,8 +5,8 @@ isolated and fast.
 
 With a C compiler, the entry point is the compiled launcher (pymon/launcher/pymon_launch.c):
 it hands the invocation to a warm `pymon-server` in well under a millisecond and otherwise
-execs the interpreter with the same program the script below holds (`bootstrap`). Without
-one, or with --python-launcher, it is the script.
+execs the interpreter with the same program the script below holds
+(`pymon.launcher.program`). Without one, or with --python-launcher, it is the script.
 
 The script's interpreter line is `PYTHON -IS`: -I so that no PYTHON* variable of the
 engine's environment (PYTHONPATH, PYTHONHOME, PYTHONDONTWRITEBYTECODE, ...) can change
@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+
+from pymon.launcher.program import program
 
 MODULES = ("pymon", "trio", "msgspec", "cffi", "_cffi_backend", "sniffio",
            "outcome", "sortedcontainers", "idna", "attr")
@@ -46,28 +48,10 @@ def import_roots() -> list[str]:
     return roots
 
 
-def _program(roots: list[str], warm: bool = True) -> list[str]:
-    # The C launcher has already tried the server when it runs this: warm=False, so a
-    # slow or refusing server is not asked twice.
-    return ["import sys", f"sys.path[:0] = {roots!r}", "from pymon.launcher.main import main",
-            "sys.exit(main())" if warm else "sys.exit(main(warm=False))"]
-
-
-def bootstrap(roots: list[str], entry: str | None = None) -> str:
-    """The script's program on one line, for the C launcher's `python -IS -c`: the cold
-    path only, since the C launcher tried the warm one. It
-    ends with a comment naming the entry point, so that `ps` and `pgrep -f ENTRY` find a
-    cold monitor by its entry point as they find the script's."""
-    program = "; ".join(_program(roots, warm=False))
-    if not entry or "\n" in entry or "\r" in entry:  # a line break would end the comment
-        return program
-    return f"{program}  # {entry}"
-
-
 def script(python: str, roots: list[str]) -> str:
     return (f"#!{python} -IS\n"
             "# pymon entry point, written by `python -m pymon.entrypoint`; see that module.\n"
-            + "".join(line + "\n" for line in _program(roots)))
+            + "".join(line + "\n" for line in program(roots)))
 
 
 def write(dest: str, python: str | None = None, roots: list[str] | None = None,

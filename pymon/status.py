@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
     from pymon.attach import AttachServer
     from pymon.logs import Sinks
-    from pymon.monitor.life import Monitor
     from pymon.stdio import Relay
 
 
@@ -54,15 +53,10 @@ def format_state(s: State) -> str:
     return "; ".join(parts)
 
 
-def snapshot(m: Monitor) -> State:
-    return gather(m.l.container_pid, not m.reaper.exited.is_set(), m.relays, m.attach,
-                  m.sinks)
-
-
 def gather(pid: int, running: bool, relays: list[Relay], attach: AttachServer | None,
            sinks: Sinks) -> State:
-    """The state of a monitor's parts: the monitor's own, or a replacement's
-    (monitor/rescued.py), which has the same parts but no Monitor."""
+    """The state of a monitor's parts: a monitor's (monitor/life.py) or a replacement's
+    (monitor/rescued.py)."""
     files = [s for s in sinks.sinks if isinstance(s, K8sFileLog)]
     return State(
         pid=pid, running=running,

@@ -51,9 +51,8 @@ def build(dest: str, python: str, roots: list[str], *, defines: dict[str, str] |
     is the path the launcher will have where it runs (default: `dest`), for a package
     built in a staging directory; the cold monitor's command line names it. `defines` (raw
     C tokens) and `extra_flags` are for tests."""
-    # imported here: pymon.entrypoint imports this module only when it builds
     from pymon.cli import VERSION
-    from pymon.entrypoint import bootstrap
+    from pymon.launcher.program import bootstrap
 
     cc = compiler()
     if cc is None:

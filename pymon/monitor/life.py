@@ -29,10 +29,10 @@ from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
-from pymon.monitor.setup import Launched
+from pymon.monitor.launched import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
-from pymon.status import report_on_sigusr1, snapshot
+from pymon.status import State, gather, report_on_sigusr1
 from pymon.stdio import Relay, pump
 
 # After the container's pid exits, processes it left behind may hold its output pipes. We
@@ -69,6 +69,11 @@ class Monitor:
         self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
 
+    def state(self) -> State:
+        """For the SIGUSR1 report."""
+        return gather(self.l.container_pid, not self.reaper.exited.is_set(), self.relays,
+                      self.attach, self.sinks)
+
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
             return self.attach.wait_for_room()
@@ -85,7 +90,7 @@ class Monitor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reaper.run)
                 nursery.start_soon(forward_signals, self.reaper)
-                nursery.start_soon(report_on_sigusr1, lambda: snapshot(self))
+                nursery.start_soon(report_on_sigusr1, self.state)
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 if self.l.early_ctl is not None:
                     self.l.early_ctl.stop()  # from here on the tasks below serve the fifos

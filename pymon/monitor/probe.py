@@ -27,7 +27,7 @@ from pymon.logs import K8sFileLog, LogSink, Sinks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pymon.monitor.setup import Launched
+    from pymon.monitor.launched import Launched
 
 READ_SIZE = 256 * 1024  # as stdio.READ_SIZE (that module imports trio)
 DRAIN_DEADLINE = 2.0  # as life.DRAIN_DEADLINE / DRAIN_IDLE

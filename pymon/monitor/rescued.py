@@ -47,7 +47,7 @@ from pymon.monitor.life import (
 from pymon.monitor.lifeline import Lifeline
 from pymon.oom import OomWatcher
 from pymon.server import cgroups, rescuewire, twin
-from pymon.server.rescue import STATUS_SIZE, Job, describe
+from pymon.server.rescuewire import STATUS_SIZE, Job, describe
 from pymon.server.wire import MASK64
 from pymon.sockets import attach_symlink_base
 from pymon.status import State, gather, report_on_sigusr1

@@ -19,12 +19,12 @@ import _signal as signal
 import os
 
 from pymon import runtime, sockets, sync
-from pymon.cli import Frozen
 from pymon.config import Config
 from pymon.ctl import Control, EarlyServer, read_pending
 from pymon.diag import log
 from pymon.errors import PymonError, SetupError
 from pymon.exitfile import run_exit_command
+from pymon.monitor.launched import Launched
 from pymon.monitor.prepare import Prepared
 from pymon.monitor.verdict import RuntimeFailure, judge_runtime, runtime_wait, runtime_wait_console
 
@@ -33,41 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pymon.monitor.lifeline import Lifeline
-    from pymon.oom import OomWatcher
 
 STDIO_PIPE_SIZE = 1 << 20  # fewer, larger reads than the 64 KiB default (see bench/)
-
-
-class Launched(Frozen):
-    """What the launch path hands to the monitor. All fds are M's and CLOEXEC."""
-
-    __slots__ = ("config", "container_pid", "runtime_pid", "stdout_fd", "stderr_fd",
-                 "stdin_fd", "log_fd", "sync_fd", "inherited_fds", "oom_score_adj",
-                 "ctl_fds", "winsz_fds", "attach", "tty_master", "control", "notify_fd",
-                 "oom", "pid_sent_at", "early_ctl", "lifeline")
-    config: Config
-    container_pid: int
-    runtime_pid: int
-    stdout_fd: int | None
-    stderr_fd: int | None
-    stdin_fd: int | None
-    log_fd: int | None
-    sync_fd: int | None
-    inherited_fds: tuple[int, ...]
-    oom_score_adj: bytes | None
-    ctl_fds: tuple[int, int] | None
-    winsz_fds: tuple[int, int] | None
-    attach: sockets.AttachListener | None
-    tty_master: int | None  # terminal mode: the pty master, also `stdin_fd`
-    control: Control  # what ctl/winsz lines do, and their pending partial lines
-    notify_fd: int | None  # the container side of the sd-notify proxy
-    oom: OomWatcher
-    pid_sent_at: float  # time.monotonic() when the pid message went out
-    early_ctl: EarlyServer | None  # serves ctl until the monitor's tasks take over
-    lifeline: Lifeline | None  # warm monitors: what the server needs to rescue us
-
-    def __init__(self, **values: object) -> None:
-        self._init(values)
 
 
 class _Forwarder:

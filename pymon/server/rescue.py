@@ -22,18 +22,10 @@ import socket
 import sys
 from collections.abc import Callable
 
-from pymon.cli import Frozen
 from pymon.exitfile import exit_status
 from pymon.server import cgroups, rescuewire
+from pymon.server.rescuewire import STATUS_SIZE, Job, describe
 from pymon.server.wire import Request
-
-
-def describe(wait_status: int) -> str:
-    if os.WIFSIGNALED(wait_status):
-        return f"killed by signal {os.WTERMSIG(wait_status)}"
-    if os.WIFEXITED(wait_status):
-        return f"exited with status {os.WEXITSTATUS(wait_status)}"
-    return f"wait status {wait_status:#x}"
 
 
 class Watch:
@@ -63,26 +55,6 @@ class Watch:
         self.fds = []
 
 
-class Job(Frozen):
-    """What a replacement monitor is given (it is forked: nothing is serialized)."""
-
-    __slots__ = ("cgroups", "channel", "code", "container_pid", "fds", "monitor_pid",
-                 "monitor_status", "req", "status_fd")
-    monitor_pid: int
-    monitor_status: int  # how the monitor died (its wait status)
-    container_pid: int
-    fds: tuple[tuple[str, int], ...]  # role, fd: the container's stdio
-    code: int | None  # the exit code, when known before the fork
-    status_fd: int | None  # else: the server writes the container's wait status here
-    channel: int | None  # the replacement's own rescue channel: it may be killed too
-    req: Request  # the launcher's request: argv, environment, cwd, limits
-    cgroups: str | None
-
-    def __init__(self, **values: object) -> None:
-        self._init(values)
-
-
-STATUS_SIZE = 8  # the container's wait status, server -> replacement, signed big-endian
 # Replacements per container: one killed in turn is replaced, but one that fails by itself
 # (it exits rather than being killed) or keeps being killed is not replaced for ever
 MAX_ATTEMPTS = 3

@@ -18,7 +18,13 @@ struct, no msgspec (the monitor side is also reached by cold monitors' imports).
 
 from __future__ import annotations
 
+import os
+
 from pymon.cli import Frozen
+
+TYPE_CHECKING = False  # annotations only (PEP 563)
+if TYPE_CHECKING:
+    from pymon.server.wire import Request
 
 REGISTER = 0x52  # "R"
 EXITED = 0x58  # "X"
@@ -101,3 +107,34 @@ def decode(data: bytes, fd_count: int) -> Message:
         return Done()
     raise ValueError(f"unknown message {data[:8]!r}")
 
+
+# --- server -> replacement (a fork: nothing is serialized) ---------------------------
+
+def describe(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        return f"killed by signal {os.WTERMSIG(wait_status)}"
+    if os.WIFEXITED(wait_status):
+        return f"exited with status {os.WEXITSTATUS(wait_status)}"
+    return f"wait status {wait_status:#x}"
+
+
+class Job(Frozen):
+    """What a replacement monitor is given (it is forked: nothing is serialized)."""
+
+    __slots__ = ("cgroups", "channel", "code", "container_pid", "fds", "monitor_pid",
+                 "monitor_status", "req", "status_fd")
+    monitor_pid: int
+    monitor_status: int  # how the monitor died (its wait status)
+    container_pid: int
+    fds: tuple[tuple[str, int], ...]  # role, fd: the container's stdio
+    code: int | None  # the exit code, when known before the fork
+    status_fd: int | None  # else: the server writes the container's wait status here
+    channel: int | None  # the replacement's own rescue channel: it may be killed too
+    req: Request  # the launcher's request: argv, environment, cwd, limits
+    cgroups: str | None
+
+    def __init__(self, **values: object) -> None:
+        self._init(values)
+
+
+STATUS_SIZE = 8  # the container's wait status, server -> replacement, signed big-endian

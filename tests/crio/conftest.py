@@ -139,7 +139,7 @@ class MonitorUnderTest:
             except OSError:
                 continue
             # a cold monitor is the interpreter the C launcher exec'd; its -c program
-            # ends with "# ENTRY" (pymon.entrypoint.bootstrap)
+            # ends with "# ENTRY" (pymon.launcher.program.bootstrap)
             joined = b" ".join(argv)
             if str(self.entry).encode() in joined and needle.encode() in joined:
                 out.add(int(name))

@@ -28,10 +28,11 @@ import pytest
 
 from pymon import handover
 from pymon.cli import VERSION
-from pymon.entrypoint import bootstrap, import_roots, write
+from pymon.entrypoint import import_roots, write
 from pymon.entrypoint import main as main_entrypoint
 from pymon.launcher import build as build_mod
 from pymon.launcher.build import SOURCE, build, compiler
+from pymon.launcher.program import bootstrap
 from tests.fakes.fake_server import TIMEOUT, FakeServer, Received
 
 pytestmark = [pytest.mark.skipif(compiler() is None, reason="no C compiler (sysconfig CC, cc)"),
