@@ -143,6 +143,20 @@ class Control:
             self._resize(*parsed)
 
 
+def _waiting(fd: int) -> int:
+    """Bytes waiting to be read on a pty master (or a pipe)."""
+    import fcntl
+    import sys
+    import termios
+
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return int.from_bytes(buf, sys.byteorder)
+
+
 def _tell(fd: int) -> None:
     try:
         os.write(fd, b"s")
@@ -186,8 +200,11 @@ class EarlyServer:
                 close_fds_except(keep)
                 for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT):
                     _signal.signal(sig, _signal.SIG_DFL)  # the monitor's to forward, not ours
-                reopen = []
-                control.reopen = lambda: reopen.append(1)
+                # Each reopen asked for is noted with the bytes then waiting in the pty:
+                # the monitor relays those into the file being rotated away first, as a
+                # monitor reading all along would have (conmon's loop does)
+                reopen: list[int] = []
+                control.reopen = lambda: reopen.append(_waiting(master))
                 control.on_resized = lambda: _tell(resized_w)
                 try:
                     os.nice(EARLY_SERVER_NICE)
@@ -195,7 +212,7 @@ class EarlyServer:
                     pass  # no CAP_SYS_NICE (rootless): the idle wait must do
                 self._serve()
                 leftover = b"\0".join(lines.buf for _, lines, _ in self.fifos)
-                os.write(result_w, (b"R" if reopen else b"-") + leftover)
+                os.write(result_w, b" ".join(b"%d" % n for n in reopen) + b"\n" + leftover)
             finally:
                 os._exit(0)
         os.close(result_w)
@@ -254,8 +271,11 @@ class EarlyServer:
             if self.stop_r in ready:
                 return
 
-    def stop(self) -> None:
-        """Hand over to the monitor: after this returns the child no longer reads."""
+    def stop(self) -> list[int]:
+        """Hand over to the monitor: after this returns the child no longer reads. Returns
+        the reopens asked for meanwhile, each as the number of bytes that were waiting in
+        the pty when it was asked for (counted from the pty's first byte: nothing has
+        read it yet). The caller relays that much, then reopens."""
         os.write(self.stop_w, b"x")
         result = b""
         while chunk := os.read(self.result_r, 65536):
@@ -266,8 +286,8 @@ class EarlyServer:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass  # the monitor's reaper got it first
-        if result[:1] == b"R":
-            self.control.reopen()
-        for (_, lines, _), rest in zip(self.fifos, result[1:].split(b"\0")):
+        counts, _, leftover = result.partition(b"\n")  # partial lines hold no newline
+        for (_, lines, _), rest in zip(self.fifos, leftover.split(b"\0")):
             lines.buf = rest  # the parent has read nothing since the fork
+        return [int(n) for n in counts.split()]
 

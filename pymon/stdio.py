@@ -36,13 +36,13 @@ class Relay:
         self.relayed = 0  # bytes read from the container (the SIGUSR1 state report)
         os.set_blocking(fd, False)
 
-    def read_available(self) -> int:
-        """Relay what can be read now. Returns the bytes read: 0 when the pipe would block
-        or is at EOF."""
+    def read_available(self, limit: int = READ_SIZE) -> int:
+        """Relay what can be read now, at most `limit` bytes. Returns the bytes read: 0
+        when the pipe would block or is at EOF."""
         try:
             # os.read allocates READ_SIZE and shrinks the result in place: no second copy
             # (the heap is kept warm by _native.keep_heap, so this costs no page faults)
-            chunk = os.read(self.fd, READ_SIZE)
+            chunk = os.read(self.fd, min(limit, READ_SIZE))
         except BlockingIOError:
             return 0
         except OSError as e:
@@ -58,6 +58,14 @@ class Relay:
         if self.fanout is not None:
             self.fanout(chunk, self.stream)
         return len(chunk)
+
+    def relay_upto(self, count: int) -> None:
+        """Relay `count` bytes that are already waiting (fewer if the fd has fewer)."""
+        while count > 0 and not self.eof.is_set():
+            done = self.read_available(count)
+            if not done:
+                return
+            count -= done
 
     def drain(self) -> None:
         """Everything still in the pipe, without waiting (the final drain at exit)."""

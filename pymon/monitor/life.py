@@ -93,7 +93,14 @@ class Monitor:
                 nursery.start_soon(report_on_sigusr1, self.state)
                 nursery.start_soon(pump, self.relays, self._backpressure)
                 if self.l.early_ctl is not None:
-                    self.l.early_ctl.stop()  # from here on the tasks below serve the fifos
+                    # from here on the tasks below serve the fifos; a reopen asked for
+                    # meanwhile comes after the output the container had written by then
+                    seen = 0
+                    for waiting in self.l.early_ctl.stop():
+                        if self.relays:
+                            self.relays[0].relay_upto(waiting - seen)  # the pty's relay
+                            seen = max(seen, waiting)
+                        self.control.reopen()
                 if self.l.ctl_fds is not None:
                     nursery.start_soon(serve_fifo, self.l.ctl_fds[0], self.control.ctl_lines,
                                        self.control.on_ctl)

@@ -23,6 +23,7 @@ from pymon.ctl import (
     parse_winsz,
 )
 from pymon.monitor.setup import Undo, make_fifo, take_console
+from tests.fakes.engine import wait_for
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -140,6 +141,26 @@ def test_first_resize_ends_the_wait_and_is_applied(pty: Pty, container: int, fif
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     expected = max(-20, ours + EARLY_SERVER_NICE) if os.geteuid() == 0 else ours
     assert os.getpriority(os.PRIO_PROCESS, server.pid) == expected
+
+
+@pytest.mark.timeout(10)
+def test_a_reopen_is_handed_back_with_the_output_written_before_it(pty: Pty,
+                                                                   container: int) -> None:
+    """The monitor relays what the container wrote before a reopen into the file being
+    rotated away, and only then reopens: stop() says how many bytes that was."""
+    server = pty.serve()
+    os.write(pty.slave, b"before")
+    # the resize after the reopen tells us the reopen has been served
+    os.write(pty.ctl[1], b"2 0 0\n1 40 132\n")
+    server.wait_first_resize(container, timeout=60)
+    wait_for(lambda: pty.size() == (40, 132), what="the resize applied")
+    os.write(pty.slave, b"after")
+    os.write(pty.ctl[1], b"2 0 0\n")
+    os.write(pty.winsz[1], b"41 132\n")
+    wait_for(lambda: pty.size() == (41, 132), what="the second resize applied")
+    assert server.stop() == [len(b"before"), len(b"beforeafter")]
+    pty.server = None
+    assert os.read(pty.master, 100) == b"beforeafter"  # nothing was read by the server
 
 
 @pytest.mark.timeout(10)
