@@ -2,7 +2,14 @@
 imported, one short monitor-like trio workload runs (first calls fill caches and create
 what trio creates lazily), and the heap is frozen so that the collector never touches the
 shared objects again (a collection in a monitor would otherwise dirty, and so copy, every
-page that holds one)."""
+page that holds one).
+
+A module a monitor imports after the fork costs every monitor its own copy of the pages
+the import machinery writes (~0.3 MiB measured for one small module): import_all() must
+cover every pymon module a monitor can reach (tests/unit/test_warm.py checks it). The
+collector stays off while warming, as the gc documentation advises for fork servers: a
+collection frees cycles in the middle of pages the monitors share, and a monitor's
+allocations would fill those holes, copying the pages."""
 
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ def import_all() -> None:
     import trio  # noqa: F401
 
     from pymon import _native, exitfile, journald, notify, oom, procattrs, terminal  # noqa: F401
-    from pymon.monitor import life, prepare, probe, setup, verdict  # noqa: F401
+    from pymon.monitor import life, lifeline, prepare, probe, setup, verdict  # noqa: F401
     from pymon.server import twin  # noqa: F401
 
 
@@ -54,6 +61,15 @@ async def _workload() -> None:
 
 
 def warm() -> None:
+    gc.disable()
+    try:
+        _warm()
+        gc.freeze()
+    finally:
+        gc.enable()
+
+
+def _warm() -> None:
     import trio
 
     from pymon import logformat, sync
@@ -72,5 +88,3 @@ def warm() -> None:
         0, 0, 0, 0), 1)
     logformat.records(b"warm\n", b"stdout", logformat.timestamp())
     trio.run(_workload)
-    gc.collect()
-    gc.freeze()
