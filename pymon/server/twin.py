@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _signal as signal
 import fcntl
+import gc
 import os
 import resource
 import select
@@ -133,6 +134,10 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
         channel: int | None) -> int:
     """The forked child's whole life; returns its exit status. `channel` is the monitor's
     end of its rescue channel (pymon/server/rescue.py)."""
+    # What the server allocated after its warm-up froze the heap (its own state, the
+    # records of the monitors forked before this one) is ours to share, not to collect:
+    # a collection here would write to every page that holds one of those objects.
+    gc.freeze()
     _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
     conn, channel = _install_fds(list(req.fds), received, conn, channel)
     log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours

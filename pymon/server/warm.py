@@ -2,13 +2,22 @@
 imported, one short monitor-like trio workload runs (first calls fill caches and create
 what trio creates lazily), and the heap is frozen so that the collector never touches the
 shared objects again (a collection in a monitor would otherwise dirty, and so copy, every
-page that holds one)."""
+page that holds one).
+
+A module a monitor imports after the fork costs every monitor its own copy of the pages
+the import machinery writes (~0.3 MiB measured for one small module): import_all() must
+cover every pymon module a monitor can reach (tests/unit/test_warm.py checks it). The
+collector stays off while warming, as the gc documentation advises for fork servers: a
+collection frees cycles in the middle of pages the monitors share, and a monitor's
+allocations would fill those holes, copying the pages."""
 
 from __future__ import annotations
 
 import gc
 import os
 import signal
+
+WORKLOAD_RUNS = 30  # ~10 ms in all
 
 
 def import_all() -> None:
@@ -24,7 +33,7 @@ def import_all() -> None:
     import trio  # noqa: F401
 
     from pymon import _native, exitfile, journald, notify, oom, procattrs, terminal  # noqa: F401
-    from pymon.monitor import life, prepare, probe, setup, verdict  # noqa: F401
+    from pymon.monitor import life, lifeline, prepare, probe, setup, verdict  # noqa: F401
     from pymon.server import twin  # noqa: F401
 
 
@@ -54,6 +63,15 @@ async def _workload() -> None:
 
 
 def warm() -> None:
+    gc.disable()
+    try:
+        _warm()
+        gc.freeze()
+    finally:
+        gc.enable()
+
+
+def _warm() -> None:
     import trio
 
     from pymon import logformat, sync
@@ -71,6 +89,7 @@ def warm() -> None:
         handover.__name__, os.getpid(), [b"pymon"], [b"A=b"], b"/", 0o22, [0], [(7, 1, 2)],
         0, 0, 0, 0), 1)
     logformat.records(b"warm\n", b"stdout", logformat.timestamp())
-    trio.run(_workload)
-    gc.collect()
-    gc.freeze()
+    # Run often enough that CPython specializes trio's run loop here: a monitor that runs
+    # code specialized once, in the shared pages, writes to fewer of them
+    for _ in range(WORKLOAD_RUNS):
+        trio.run(_workload)
