@@ -76,6 +76,12 @@ def test_control_dispatch() -> None:
     no_tty.on_ctl(b"1 24 80")  # no pty: ignored without error
 
 
+def readable(fd: int) -> int:
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, "little")
+
+
 # --- the early server's first-size wait (terminal mode, before trio) --------------------------
 
 class Pty:
@@ -150,11 +156,15 @@ def test_a_reopen_is_handed_back_with_the_output_written_before_it(pty: Pty,
     rotated away, and only then reopens: stop() says how many bytes that was."""
     server = pty.serve()
     os.write(pty.slave, b"before")
+    # The kernel moves a pty's bytes to the master side in a worker, after write() returns:
+    # what the container wrote before the reopen is what the master can read by then.
+    wait_for(lambda: readable(pty.master) == len(b"before"), what="the bytes at the master")
     # the resize after the reopen tells us the reopen has been served
     os.write(pty.ctl[1], b"2 0 0\n1 40 132\n")
     server.wait_first_resize(container, timeout=60)
     wait_for(lambda: pty.size() == (40, 132), what="the resize applied")
     os.write(pty.slave, b"after")
+    wait_for(lambda: readable(pty.master) == len(b"beforeafter"), what="the bytes at the master")
     os.write(pty.ctl[1], b"2 0 0\n")
     os.write(pty.winsz[1], b"41 132\n")
     wait_for(lambda: pty.size() == (41, 132), what="the second resize applied")
