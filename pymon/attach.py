@@ -327,6 +327,10 @@ class AttachServer:
             with trio.move_on_at(min(c.last_progress for c in waiting) + STALL_TIMEOUT):
                 await room.wait()
 
+    def queued(self) -> bool:
+        """Whether some client has output still to take."""
+        return any(c.queue and not c.closed for c in self.clients)
+
     async def flush(self, timeout: float) -> None:
         """Give clients up to `timeout` seconds to take what is queued for them."""
         with trio.move_on_after(timeout):

@@ -8,6 +8,10 @@ One nursery holds the whole life of the container:
 
 then, in this order (the ordering invariants of ARCHITECTURE.md):
     logs flushed and fsynced -> engine fds closed -> exit files -> exec exit message.
+Unless an attach client still has output to take, that is done at once, inside trio,
+before the tasks unwind: their unwinding and trio's teardown (~0.7 ms) are not on the
+engine's way to the exit file. Otherwise the tasks are stopped, the clients are given
+their output (bounded) and closed, and the exit is recorded then.
 The exit command runs after `run` returns (monitor/setup.py), outside trio.
 """
 
@@ -68,6 +72,7 @@ class Monitor:
         self.control.reopen = self.sinks.reopen
         self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
+        self.recorded: int | None = None  # the status record_exit() returned
 
     def state(self) -> State:
         """For the SIGUSR1 report."""
@@ -128,33 +133,60 @@ class Monitor:
                         self.l.lifeline.exited(-1)
                 else:
                     await wait_for_eof(self.relays)
+                # No task of the nursery runs until our next checkpoint: pump is between
+                # two reads, so draining here loses nothing
+                if not self.timed_out:
+                    for relay in self.relays:
+                        relay.drain()  # every byte still in the pipes reaches log and clients
+                if self.attach is None or self.timed_out or not self.attach.queued():
+                    # Nothing to wait for: the exit is recorded before the tasks unwind
+                    # (~0.5 ms of trio's work that the engine need not wait for)
+                    if self.attach is not None:
+                        self.attach.close()
+                    self.record_exit(self._status())
                 nursery.cancel_scope.cancel()
-            if not self.timed_out:
+            if self.recorded is None:
+                # Clients still have output to take: the relay is stopped first, so that
+                # nothing new is queued while they take it (assert: attach is not None)
                 for relay in self.relays:
-                    relay.drain()  # every byte still in the pipes reaches log and clients
+                    relay.drain()
                 if self.attach is not None:
                     await self.attach.flush(ATTACH_FLUSH_DEADLINE)
-            if self.attach is not None:
-                self.attach.close()
+                    self.attach.close()
+                self.record_exit(self._status())
             clients.cancel_scope.cancel()
         if self.stdin is not None:
             self.stdin.close()
+        return self._status()
+
+    def _status(self) -> int:
         if self.timed_out:
             return -1
         assert self.reaper.wait_status is not None
         return exit_status(self.reaper.wait_status)
 
     def finish(self, status: int) -> int:
-        """Everything after the container's exit, in the contract's order (§8.3). Runs
-        after trio.run has returned, so closing the engine's fds cannot hit trio's own."""
+        """After trio.run has returned (or failed): release what is left, and record the
+        exit if run() did not get to it. Returns M's exit status."""
         for relay in self.relays:
-            if not self.timed_out:
+            if not self.timed_out and self.recorded is None:
                 relay.drain()  # normally a no-op: run() drained (this covers a failed run)
             relay.close()
-        self.oom.check()  # an OOM notification still pending: its files precede the exit file
+        if self.recorded is None:
+            status = self.record_exit(status)
+        else:
+            status = self.recorded
         self.oom.close()
-        self.sinks.finish(sync=not self.config.opts.no_sync_log)
         self.sinks.close()
+        return status
+
+    def record_exit(self, status: int) -> int:
+        """Everything after the container's exit, in the contract's order (§8.3), once
+        every byte has been relayed. The engine's fds are ours alone (held since the
+        start, so no fd of trio's can have their numbers): closing them inside trio is
+        safe. Returns the status for M's exit (1 if the exit file could not be written)."""
+        self.oom.check()  # an OOM notification still pending: its files precede the exit file
+        self.sinks.finish(sync=not self.config.opts.no_sync_log)
         for fd in self.l.inherited_fds:  # lets the engine rebind reserved ports at once
             try:
                 os.close(fd)
@@ -177,6 +209,7 @@ class Monitor:
                         os.unlink(path)
                     except OSError:
                         pass
+        self.recorded = status
         return status
 
 
