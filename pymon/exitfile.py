@@ -84,7 +84,10 @@ def run_exit_command(command: str, args: tuple[str, ...], delay: int,
         _native.set_child_subreaper(False)
     except OSError:
         pass
-    pid = os.fork()
+    if delay <= 0:
+        pid = _vspawn_exit_command(command, args, oom_score_adj)
+    else:
+        pid = os.fork()
     if pid == 0:
         try:
             # X gets a clean signal state (conmon leaks its blocked SIGCHLD/SIGUSR1; we don't).
@@ -100,6 +103,21 @@ def run_exit_command(command: str, args: tuple[str, ...], delay: int,
     if forked is not None:
         forked()
     wait_all_children()
+
+
+def _vspawn_exit_command(command: str, args: tuple[str, ...],
+                         oom_score_adj: bytes | None) -> int:
+    """X without a delay, as the forked child below sets it up, with vfork (see
+    pymon/_native/_build.py). Returns its pid (-1: it could not be started)."""
+    from pymon import _native
+
+    try:
+        return _native.spawn([os.fsencode(a) for a in (command, *args)],
+                             [k + b"=" + v for k, v in os.environb.items()], (-1, -1, -1),
+                             oom_score_adj,
+                             (*signals.STRAY, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT), -1)
+    except OSError:
+        return -1  # not started (or exited 127 at once): its status does not change ours
 
 
 def wait_all_children() -> None:

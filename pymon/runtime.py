@@ -1,10 +1,12 @@
 """The OCI runtime process R: its argv (pure, contract §3.1), its spawn, and its result.
 
-Spawning uses os.fork + os.execve rather than subprocess: R must get PDEATHSIG, the
-original oom_score_adj, a clean signal mask, LISTEN_PID rewriting, pipe ends fchmod'ed to
-0777, the engine's fds at their numbers, and (exec attach) a blocking read of the start pipe
-before exec; subprocess offers none of that without a preexec_fn, which costs the same fork
-plus its own imports on the start-up path.
+Spawning does not use subprocess: R must get PDEATHSIG, the original oom_score_adj, a
+clean signal mask, LISTEN_PID rewriting, pipe ends fchmod'ed to 0777, the engine's fds at
+their numbers, and (exec attach) a blocking read of the start pipe before exec; subprocess
+offers none of that without a preexec_fn, which costs a full fork plus its own imports on
+the start-up path. R is started with vfork by pymon._native (pymon_spawn does those steps
+in C); only an exec attach, whose R blocks on the start pipe before exec (a vfork would
+block M with it), and an invalid LISTEN_PID (reported by R as before) use os.fork.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ def spawn(argv: list[str], wiring: Wiring, replace_listen_pid: bool,
     process received it). Returns R's pid. If exec fails, R writes the reason to its stderr
     (which reaches the engine as the failure message) and exits 127."""
     parent = os.getpid()
+    if wiring.start_fd is None:
+        try:
+            listen_pid = runtime_env(env, replace_listen_pid, parent, 0) is not None
+        except ValueError:
+            pass  # R reports it, below
+        else:
+            return _vspawn(argv, wiring, env, listen_pid)
     pid = os.fork()
     if pid:
         return pid
@@ -98,6 +107,28 @@ def spawn(argv: list[str], wiring: Wiring, replace_listen_pid: bool,
         finally:
             os._exit(127)
     raise AssertionError("unreachable")
+
+
+def _vspawn(argv: list[str], w: Wiring, env: dict[str, str], listen_pid: bool) -> int:
+    from pymon import _native
+
+    slot = list(env).index("LISTEN_PID") if listen_pid else -1
+    try:
+        return _native.spawn([os.fsencode(a) for a in argv],
+                             [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()],
+                             (_fd(w.stdin), _fd(w.stdout), _fd(w.stderr)), w.oom_score_adj,
+                             signals.STRAY, slot)
+    except _native.SpawnFailed as e:  # R has exited 127: its stderr carries the reason
+        try:
+            os.write(_fd(w.stderr) if w.stderr is not None else 2,
+                     f"pymon: failed to execute runtime {argv[0]}: {e.strerror}\n".encode())
+        except OSError:
+            pass
+        return e.pid
+
+
+def _fd(fd: int | None) -> int:
+    return -1 if fd is None else fd
 
 
 def _describe(e: BaseException) -> str:

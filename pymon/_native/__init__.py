@@ -60,3 +60,39 @@ def inotify_events(data: bytes) -> list[tuple[int, int, str]]:
         out.append((wd, mask, name))
         i += 16 + size
     return out
+
+
+# pymon_spawn's stages (what failed in the child before or at exec)
+SPAWN_EXEC, SPAWN_PDEATHSIG, SPAWN_STDIO = 0, 1, 2
+
+
+class SpawnFailed(OSError):
+    """The child could not exec (it has exited 127, not reaped): `stage` says where."""
+
+    def __init__(self, pid: int, stage: int, err: int) -> None:
+        super().__init__(err, os.strerror(err))
+        self.pid, self.stage = pid, stage
+
+
+def spawn(argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
+          oom_score_adj: bytes | None, stray: tuple[int, ...], listen_pid_slot: int) -> int:
+    """vfork + exec argv[0] with the set-up R and X need (_build.py, pymon_spawn). `fds`:
+    what goes to 0, 1, 2 (-1: keep ours). `listen_pid_slot`: index in `env` to replace
+    with LISTEN_PID=<the child's pid>, or -1. Returns the child's pid; raises OSError if
+    vfork failed, SpawnFailed if the child did not get to exec."""
+    c_args = [ffi.new("char[]", a) for a in argv]
+    c_env = [ffi.new("char[]", e) for e in env]
+    c_argv = ffi.new("char *[]", [*c_args, ffi.NULL])
+    c_envp = ffi.new("char *[]", [*c_env, ffi.NULL])
+    c_fds = ffi.new("int[3]", list(fds))
+    c_stray = ffi.new("int[]", list(stray))
+    listen_buf = ffi.new("char[]", 40)
+    stage = ffi.new("int *")
+    child_errno = ffi.new("int *")
+    pid = _check(lib.pymon_spawn(c_args[0], c_argv, c_envp, c_fds,
+                                 ffi.NULL if oom_score_adj is None else oom_score_adj,
+                                 c_stray, len(stray), listen_pid_slot, listen_buf, 40,
+                                 stage, child_errno), "vfork")
+    if stage[0] >= 0:
+        raise SpawnFailed(pid, stage[0], child_errno[0])
+    return int(pid)

@@ -6,6 +6,14 @@ used from the stdlib; prctl has no stdlib binding (ctypes would work but costs a
 the start-up path and gives no errno handling we trust). inotify is here too: pyroute2 has
 a wrapper, but importing it costs ~130 ms (pyroute2/__init__ loads all of pyroute2) and it
 is built around a blocking poll and a thread, where we need only the fd for trio.
+
+pymon_spawn starts the runtime (and the exit command) with vfork: a monitor is a Python
+process of ~20 MiB resident, and os.fork copies its page tables (0.3-0.6 ms here), makes
+the monitor fault again on every page it writes next, and has the child unmap it all at
+exec. subprocess and os.posix_spawn use vfork too, but cannot set PDEATHSIG, fchmod the
+stdio pipes, write oom_score_adj or rewrite LISTEN_PID with the child's own pid, which the
+contract asks for between fork and exec; those steps are done here, in C, with only
+async-signal-safe calls (glibc's posix_spawn takes the same precautions).
 """
 
 from cffi import FFI
@@ -28,6 +36,11 @@ ffibuilder.cdef(
     int inotify_init1(int flags);
     int inotify_add_watch(int fd, const char *pathname, uint32_t mask);
     int inotify_rm_watch(int fd, int wd);
+
+    int pymon_spawn(const char *path, char *const argv[], char *envp[], const int fds[3],
+                    const char *oom_score_adj, const int stray[], int n_stray,
+                    int listen_pid_slot, char *listen_pid_buf, int listen_pid_size,
+                    int *stage, int *child_errno);
     """
 )
 ffibuilder.set_source(
@@ -35,7 +48,109 @@ ffibuilder.set_source(
     """
     #include <sys/prctl.h>
     #include <sys/inotify.h>
+    #include <sys/stat.h>
     #include <malloc.h>
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <signal.h>
+    #include <string.h>
+    #include <unistd.h>
+
+    /* What failed in the child, for the parent's message (stage 0: exec itself). */
+    enum { SPAWN_EXEC = 0, SPAWN_PDEATHSIG = 1, SPAWN_STDIO = 2 };
+
+    /* The decimal digits of v at the end of buf[..size-1], NUL-terminated; returns where
+       they start. */
+    static char *pymon_utoa(unsigned long v, char *buf, int size) {
+        char *p = buf + size - 1;
+        *p = '\0';
+        do { *--p = (char)('0' + v % 10); v /= 10; } while (v && p > buf);
+        return p;
+    }
+
+    /* vfork and exec `path`. In the child, in this order: PDEATHSIG=SIGKILL (and _exit(1)
+       if the parent is already gone), default dispositions for every signal that has a
+       handler (Python's C handler must never run in a child that shares our memory) and
+       for `stray` (the signals we ignore), an empty mask, fds[i] at i (-1: keep ours at i)
+       inheritable and fchmod 0777, oom_score_adj if given, LISTEN_PID=<own pid> into
+       envp[listen_pid_slot] if >= 0, then execve. Every signal is blocked in the parent
+       from before the vfork until it returns, so none is handled in between. Returns the
+       child's pid (it has exec'd, or exited 127 with *stage and *child_errno set), or -1
+       with errno if vfork failed. */
+    int pymon_spawn(const char *path, char *const argv[], char *envp[], const int fds[3],
+                    const char *oom_score_adj, const int stray[], int n_stray,
+                    int listen_pid_slot, char *listen_pid_buf, int listen_pid_size,
+                    int *stage, int *child_errno) {
+        sigset_t all, old;
+        pid_t parent = getpid();
+        int saved;
+        volatile int failed_stage = -1, failed_errno = 0;
+        pid_t pid;
+
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pid = vfork();
+        if (pid == 0) {
+            struct sigaction dfl, cur;
+            sigset_t none;
+            int i, sig;
+
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
+                failed_stage = SPAWN_PDEATHSIG; failed_errno = errno; _exit(127);
+            }
+            if (getppid() != parent)
+                _exit(1);
+            memset(&dfl, 0, sizeof dfl);
+            dfl.sa_handler = SIG_DFL;
+            sigemptyset(&dfl.sa_mask);
+            for (sig = 1; sig < _NSIG; sig++) {
+                if (sigaction(sig, NULL, &cur) < 0)
+                    continue;  /* SIGKILL/SIGSTOP and glibc's reserved ones */
+                if (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN)
+                    sigaction(sig, &dfl, NULL);
+            }
+            for (i = 0; i < n_stray; i++)
+                sigaction(stray[i], &dfl, NULL);
+            sigemptyset(&none);
+            pthread_sigmask(SIG_SETMASK, &none, NULL);
+            for (i = 0; i < 3; i++) {
+                if (fds[i] < 0)
+                    continue;
+                if (fds[i] != i ? dup2(fds[i], i) < 0 : fcntl(i, F_SETFD, 0) < 0) {
+                    failed_stage = SPAWN_STDIO; failed_errno = errno; _exit(127);
+                }
+                /* a non-root container user may reopen /dev/stdout (conmon 2.1.8+) */
+                if (fchmod(i, 0777) < 0 && errno != EINVAL && errno != EPERM && errno != EROFS) {
+                    failed_stage = SPAWN_STDIO; failed_errno = errno; _exit(127);
+                }
+            }
+            if (oom_score_adj != NULL) {
+                int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+                if (fd >= 0) {
+                    ssize_t ignored = write(fd, oom_score_adj, strlen(oom_score_adj));
+                    (void)ignored;
+                    close(fd);
+                }
+            }
+            if (listen_pid_slot >= 0) {
+                char *digits = pymon_utoa((unsigned long)getpid(), listen_pid_buf + 11,
+                                          listen_pid_size - 11);
+                memmove(listen_pid_buf + 11, digits, strlen(digits) + 1);
+                memcpy(listen_pid_buf, "LISTEN_PID=", 11);
+                envp[listen_pid_slot] = listen_pid_buf;
+            }
+            execve(path, argv, envp);
+            failed_stage = SPAWN_EXEC;
+            failed_errno = errno;
+            _exit(127);
+        }
+        saved = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        *stage = failed_stage;
+        *child_errno = failed_errno;
+        errno = saved;
+        return pid;
+    }
     """,
 )
 

@@ -39,6 +39,17 @@ BEHAVIOURS = {
     "garbage-pidfile": 'open(pid_file, "w").write("not a pid"); sys.exit(0)',
     "ok-exit-5": SPAWN_CONTAINER + 'open(pid_file, "w").write(str(spawn_container(5))); sys.exit(0)',
     "long-message": 'sys.stderr.write("x" * 20000); sys.exit(1)',
+    # what R was given, in <script>.seen (JSON), then a failed create
+    "record": """
+seen = {"pid": os.getpid(), "listen_pid": os.environ.get("LISTEN_PID"),
+        "modes": [os.stat(f"/proc/self/fd/{fd}").st_mode & 0o777 for fd in (1, 2)],
+        "status": open("/proc/self/status").read()}
+with open(__file__ + ".tmp", "w") as f:
+    f.write(json.dumps(seen))
+os.rename(__file__ + ".tmp", __file__ + ".seen")
+sys.stderr.write("recorded\\n")
+sys.exit(1)
+""",
 }
 
 
