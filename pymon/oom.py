@@ -18,6 +18,7 @@ import sys
 
 from pymon import _native
 from pymon.diag import log
+from pymon.procattrs import read_small
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -30,8 +31,7 @@ def is_cgroup2(root: str = CGROUP_ROOT) -> bool:
 def cgroup_path(pid: int, v2: bool) -> str | None:
     """The container's cgroup path, relative to its hierarchy's mount point."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
+        lines = read_small(f"/proc/{pid}/cgroup").splitlines()
     except OSError:
         return None
     for line in lines:
@@ -165,8 +165,7 @@ class OomWatcher:
         if self.v1_oom_control is None:
             return 0
         try:
-            with open(self.v1_oom_control) as f:
-                return parse_memory_events(f.read()).get("oom_kill", 0)
+            return parse_memory_events(read_small(self.v1_oom_control)).get("oom_kill", 0)
         except OSError:
             return 0
 
@@ -206,8 +205,7 @@ class OomWatcher:
     def check_v2(self) -> None:
         assert self.v2_events is not None
         try:
-            with open(self.v2_events) as f:
-                events = parse_memory_events(f.read())
+            events = parse_memory_events(read_small(self.v2_events))
         except OSError:
             return  # the cgroup is gone
         for key in ("oom", "oom_kill"):

@@ -7,6 +7,20 @@ import os
 _OOM = "/proc/self/oom_score_adj"
 
 
+def read_small(path: str) -> str:
+    """A small file (procfs, cgroupfs) read with os calls: open() in text mode builds a
+    buffered reader and a text wrapper each time, ~10 us, on the paths that set up a
+    monitor and record its exit. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def lower_oom_score_adj() -> bytes | None:
     """Make this process the last the OOM killer picks (-1000), and return the previous
     value for R and X. None when it could not be read (no /proc, say)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from pymon.cli import Frozen
+from pymon.procattrs import read_small
 
 
 class Mount(Frozen):
@@ -98,16 +99,14 @@ def read_mounts() -> list[Mount]:
 
 def join(pid: int, mounts: list[Mount] | None = None) -> None:
     """Move this process into the cgroups of `pid`. Raises OSError."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        join_listed(f.read(), mounts)
+    join_listed(read_small(f"/proc/{pid}/cgroup"), mounts)
 
 
 def join_listed(proc_cgroup: str, mounts: list[Mount] | None = None) -> None:
     """Move this process into the cgroups listed in `proc_cgroup` (a /proc/PID/cgroup text
     read earlier: a killed monitor's, for its replacement). Raises OSError."""
     theirs = parse_proc_cgroup(proc_cgroup)
-    with open("/proc/self/cgroup") as f:
-        ours = parse_proc_cgroup(f.read())
+    ours = parse_proc_cgroup(read_small("/proc/self/cgroup"))
     if theirs == ours:
         return
     files = procs_files(theirs, ours, mounts if mounts is not None else read_mounts())
