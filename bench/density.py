@@ -10,6 +10,12 @@ Pss_Anon per monitor (median over the N), and the total PSS of the N monitors pl
 warm mode, the server (whose pages the monitors share: PSS splits each shared page among
 its sharers, so the sum is what the group costs). Any other process a monitor keeps
 beside the container would be counted too (none was seen: the bench checks).
+
+With --ksm the host's ksmd runs during the bench (its settings are restored after):
+pymon-server marks its memory mergeable (pymon/server/ksm.py), so the identical pages its
+monitors copied can be merged. Instead of --settle, each round then waits until ksmd has
+made two full scans after the last start, and reports ksmd's CPU for that, and its CPU
+over the next --settle seconds (the steady state: it keeps scanning).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from common import (
     banner,
     median,
     memory,
+    schedstat_ns,
     wait_gone,
 )
 
@@ -45,7 +52,45 @@ def helpers(run: Run) -> list[int]:
     return [int(k) for k in kids.split() if int(k) != ctr]
 
 
-def one_round(ws: Workspace, mon, n: int, settle: float, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+class Ksmd:
+    """The host's ksmd, run for the bench at `pages` per 20 ms; restore() puts back what
+    it found (unmerging first if ksmd was off)."""
+
+    def __init__(self, pages: int) -> None:
+        self.saved = {k: (KSM / k).read_text().strip()
+                      for k in ("run", "pages_to_scan", "sleep_millisecs")}
+        (KSM / "pages_to_scan").write_text(str(pages))
+        (KSM / "sleep_millisecs").write_text("20")
+        (KSM / "run").write_text("1")
+        out = subprocess.run(["pgrep", "-x", "ksmd"], capture_output=True, text=True)
+        self.pid = int(out.stdout.split()[0])
+
+    def cpu_ms(self) -> float:
+        return schedstat_ns(self.pid) / 1e6
+
+    def full_scans(self) -> int:
+        return int((KSM / "full_scans").read_text())
+
+    def wait_scans(self, count: int, timeout: float = 300) -> None:
+        target = self.full_scans() + count
+        deadline = time.monotonic() + timeout
+        while self.full_scans() < target:  # no event to wait on: ksmd only counts
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ksmd did not finish {count} scans in {timeout} s")
+            time.sleep(0.05)
+
+    def restore(self) -> None:
+        if self.saved["run"] != "1":
+            (KSM / "run").write_text("2")  # unmerge what was merged for the bench
+        for k, v in self.saved.items():
+            (KSM / k).write_text(v)
+
+
+def one_round(ws: Workspace, mon, n: int, settle: float, res: Results, stats: dict,  # type: ignore[no-untyped-def]
+              ksmd: Ksmd | None = None) -> None:
     runs: list[Run] = []
     try:
         t0 = time.perf_counter()
@@ -56,7 +101,16 @@ def one_round(ws: Workspace, mon, n: int, settle: float, res: Results, stats: di
         total = time.perf_counter() - t0
         res.add(f"{n} containers started one after another", mon.name, total * 1000)
         res.add("  per container (exec -> runc start done)", mon.name, total / n * 1000)
-        time.sleep(settle)
+        if ksmd is None:
+            time.sleep(settle)
+        else:
+            cpu0 = ksmd.cpu_ms()
+            ksmd.wait_scans(2)
+            cpu1 = ksmd.cpu_ms()
+            time.sleep(settle)
+            res.add("  ksmd CPU: two full scans after the starts", mon.name, cpu1 - cpu0)
+            res.add("  ksmd CPU after that, % of one CPU", mon.name,
+                    (ksmd.cpu_ms() - cpu1) / (settle * 1000) * 100, "%")
         anon, pss = [], 0.0
         extra = 0
         for run in runs:
@@ -101,7 +155,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--settle", type=float, default=2.0,
                     help="seconds the monitors idle before their memory is read")
+    ap.add_argument("--ksm", action="store_true", help="run the host's ksmd (see above)")
+    ap.add_argument("--ksm-pages", type=int, default=1000,
+                    help="ksmd's pages_to_scan (per 20 ms) during the bench")
     args = ap.parse_args()
+    ksmd = Ksmd(args.ksm_pages) if args.ksm else None
     ws = Workspace()
     mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
     res = Results()
@@ -115,7 +173,7 @@ def main() -> None:
                   f"Pss_Anon {server_before['Pss_Anon']:.1f} MiB, Rss {server_before['Rss']:.1f} MiB")
         for i in range(args.rounds):
             for mon in mons.order(i):
-                one_round(ws, mon, args.containers, args.settle, res, stats)
+                one_round(ws, mon, args.containers, args.settle, res, stats, ksmd)
         if mons.server is not None:
             if not mons.server.alive():
                 print("WARNING: the server died during the run:\n" + "\n".join(mons.server.lines))
@@ -127,6 +185,8 @@ def main() -> None:
     finally:
         mons.close()
         ws.remove()
+        if ksmd is not None:
+            ksmd.restore()
 
 
 if __name__ == "__main__":

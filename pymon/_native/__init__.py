@@ -96,3 +96,10 @@ def spawn(argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
     if stage[0] >= 0:
         raise SpawnFailed(pid, stage[0], child_errno[0])
     return int(pid)
+
+
+def madvise_mergeable(start: int, length: int) -> None:
+    """madvise(MADV_MERGEABLE) on [start, start+length): KSM may merge its identical pages
+    with other processes' (when ksmd runs). Per mapping, so exec drops it."""
+    _check(lib.madvise(ffi.cast("void *", start), length, lib.MADV_MERGEABLE),
+           "madvise(MADV_MERGEABLE)")

@@ -6,6 +6,7 @@ used from the stdlib; prctl has no stdlib binding (ctypes would work but costs a
 the start-up path and gives no errno handling we trust). inotify is here too: pyroute2 has
 a wrapper, but importing it costs ~130 ms (pyroute2/__init__ loads all of pyroute2) and it
 is built around a blocking poll and a thread, where we need only the fd for trio.
+madvise: the stdlib has it only for mmap objects, and the server marks its own heap.
 
 pymon_spawn starts the runtime (and the exit command) with vfork: a monitor is a Python
 process of ~20 MiB resident, and os.fork copies its page tables (0.3-0.6 ms here), makes
@@ -37,6 +38,9 @@ ffibuilder.cdef(
     int inotify_add_watch(int fd, const char *pathname, uint32_t mask);
     int inotify_rm_watch(int fd, int wd);
 
+    #define MADV_MERGEABLE ...
+    int madvise(void *addr, size_t length, int advice);
+
     int pymon_spawn(const char *path, char *const argv[], char *envp[], const int fds[3],
                     const char *oom_score_adj, const int stray[], int n_stray,
                     int listen_pid_slot, char *listen_pid_buf, int listen_pid_size,
@@ -49,6 +53,7 @@ ffibuilder.set_source(
     #include <sys/prctl.h>
     #include <sys/inotify.h>
     #include <sys/stat.h>
+    #include <sys/mman.h>
     #include <malloc.h>
     #include <errno.h>
     #include <fcntl.h>

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Serve warm pymon monitors: fork one per launch.")
     ap.add_argument("--socket", help="listen here (default: the path launchers use)")
     ap.add_argument("--verbose", action="store_true", help="log every request and refusal")
+    ap.add_argument("--no-ksm", action="store_true",
+                    help="do not offer the server's memory (and so its monitors') to KSM")
     ap.add_argument("--version", action="version", version=f"pymon-server {VERSION}")
     args = ap.parse_args(argv)
 
@@ -82,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     from pymon.server.warm import warm
 
     warm()  # before serving: the first launcher must not pay for it
+    if not args.no_ksm:
+        from pymon.server import ksm
+
+        marked = ksm.offer_memory()
+        if marked:
+            say(f"{marked >> 20} MiB offered to KSM, for the monitors' copies; ksmd is "
+                f"{'running' if ksm.ksmd_running() else 'off'} on this host")
     return Server(sock, path, verbose=args.verbose).run()
 
 
