@@ -68,7 +68,7 @@ ffibuilder.set_source(
        they start. */
     static char *pymon_utoa(unsigned long v, char *buf, int size) {
         char *p = buf + size - 1;
-        *p = '\0';
+        *p = 0;
         do { *--p = (char)('0' + v % 10); v /= 10; } while (v && p > buf);
         return p;
     }
