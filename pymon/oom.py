@@ -157,7 +157,10 @@ class OomWatcher:
             self.fd, self.v1_event_control = efd, control
             self.v1_oom_control = os.path.join(cgroup_dir, "memory.oom_control")
             if not self.fresh:
+                # only kills from now on count: the baseline was just read (a notification
+                # already queued is taken by the next check)
                 self.v1_kills = self._v1_kill_count()
+                return
             self.check_v1()  # a kill before the watch was armed
 
     def _v1_kill_count(self) -> int:

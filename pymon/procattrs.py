@@ -39,18 +39,23 @@ def lower_oom_score_adj() -> bytes | None:
         os.close(fd)
 
 
-def close_fds_except(keep: set[int] | frozenset[int] = frozenset()) -> None:
-    """Close every fd above 2 except `keep` (before the exit command; in forked helpers)."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 65536))
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+def close_fds_except(keep: set[int] | frozenset[int] = frozenset(), low: int = 3) -> None:
+    """Close every fd from `low` up except `keep` (before the exit command; in forked
+    children). One os.closerange (close_range(2)) per gap between kept fds: a few syscalls
+    however many fds there are, where listing /proc/self/fd and closing each took ~0.1 ms
+    in a warm monitor, more with every running monitor's rescue channel in the server."""
+    import resource
+
+    # No fd is at or above the hard limit (a limit is never raised above it, and the
+    # kernel caps it at fs.nr_open, so it is finite)
+    high = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    start = low
+    for fd in sorted(k for k in keep if k >= low):
+        if fd > start:
+            os.closerange(start, fd)
+        start = fd + 1
+    if start < high:
+        os.closerange(start, high)
 
 
 def restore_oom_score_adj(value: bytes | None) -> None:

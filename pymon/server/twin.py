@@ -19,7 +19,7 @@ import resource
 import select
 import time
 
-from pymon import handover, logformat, sync
+from pymon import handover, logformat, procattrs, sync
 from pymon.diag import log
 from pymon.errors import PymonError, SetupError
 from pymon.handover import Invocation
@@ -44,13 +44,7 @@ def _install_fds(targets: list[int], received: list[int], conn: int,
         lifeline = fcntl.fcntl(lifeline, fcntl.F_DUPFD_CLOEXEC, base)
     staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
     keep = {conn, *staged} | ({lifeline} if lifeline is not None else set())
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    procattrs.close_fds_except(keep, low=0)
     for target, fd in zip(targets, staged):
         os.dup2(fd, target)  # inheritable, as every fd the engine passed is
         os.close(fd)
