@@ -120,7 +120,7 @@ def _vspawn(argv: list[str], w: Wiring, env: dict[str, str], listen_pid: bool) -
                              signals.STRAY, slot)
     except _native.SpawnFailed as e:  # R has exited 127: its stderr carries the reason
         try:
-            os.write(_fd(w.stderr) if w.stderr is not None else 2,
+            os.write(w.stderr if w.stderr is not None else 2,
                      f"pymon: failed to execute runtime {argv[0]}: {e.strerror}\n".encode())
         except OSError:
             pass

@@ -62,16 +62,12 @@ def inotify_events(data: bytes) -> list[tuple[int, int, str]]:
     return out
 
 
-# pymon_spawn's stages (what failed in the child before or at exec)
-SPAWN_EXEC, SPAWN_PDEATHSIG, SPAWN_STDIO = 0, 1, 2
-
-
 class SpawnFailed(OSError):
-    """The child could not exec (it has exited 127, not reaped): `stage` says where."""
+    """The child could not exec (it has exited 127, and is not reaped yet)."""
 
-    def __init__(self, pid: int, stage: int, err: int) -> None:
+    def __init__(self, pid: int, err: int) -> None:
         super().__init__(err, os.strerror(err))
-        self.pid, self.stage = pid, stage
+        self.pid = pid
 
 
 def spawn(argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
@@ -94,7 +90,7 @@ def spawn(argv: list[bytes], env: list[bytes], fds: tuple[int, int, int],
                                  c_stray, len(stray), listen_pid_slot, listen_buf, 40,
                                  stage, child_errno), "vfork")
     if stage[0] >= 0:
-        raise SpawnFailed(pid, stage[0], child_errno[0])
+        raise SpawnFailed(pid, child_errno[0])
     return int(pid)
 
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         marked = ksm.offer_memory()
         if marked:
             say(f"{marked >> 20} MiB offered to KSM, for the monitors' copies; ksmd is "
-                f"{'running' if ksm.ksmd_running() else 'off'} on this host")
+                f"{'running' if ksm.ksmd_state() == '1' else 'off'} on this host")
     return Server(sock, path, verbose=args.verbose).run()
 
 

@@ -16,8 +16,6 @@ kept across exec and so reach the containers' memory.
 
 from __future__ import annotations
 
-import errno
-
 from pymon import _native
 from pymon.procattrs import read_small
 
@@ -43,6 +41,8 @@ def mergeable_ranges(maps: str) -> list[tuple[int, int]]:
 def offer_memory() -> int:
     """Mark this process's private writable memory mergeable. Returns the bytes marked (0
     where the kernel has no KSM)."""
+    if ksmd_state() is None:
+        return 0
     try:
         ranges = mergeable_ranges(read_small("/proc/self/maps"))
     except OSError:
@@ -51,24 +51,15 @@ def offer_memory() -> int:
     for start, end in ranges:
         try:
             _native.madvise_mergeable(start, end - start)
-        except OSError as e:
-            if e.errno == errno.EINVAL and marked == 0 and not _has_ksm():
-                return 0  # a kernel without CONFIG_KSM
+        except OSError:
             continue  # a mapping KSM does not take (EINVAL), or one that went away
         marked += end - start
     return marked
 
 
-def _has_ksm() -> bool:
+def ksmd_state() -> str | None:
+    """The host's /sys/kernel/mm/ksm/run ("1": ksmd runs), or None without KSM."""
     try:
-        read_small(KSM_RUN)
+        return read_small(KSM_RUN).strip()
     except OSError:
-        return False
-    return True
-
-
-def ksmd_running() -> bool:
-    try:
-        return read_small(KSM_RUN).strip() == "1"
-    except OSError:
-        return False
+        return None

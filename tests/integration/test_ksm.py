@@ -11,7 +11,6 @@ import pytest
 
 from tests.conftest import RUNC, Bundles, Launcher
 from tests.integration.test_lifecycle import runc_start
-from tests.integration.test_server import server, warm  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,9 +31,10 @@ def mergeable(pid: int) -> dict[str, bool]:
 
 
 @pytest.mark.skipif(not Path("/sys/kernel/mm/ksm").exists(), reason="kernel without KSM")
+@pytest.mark.parametrize("mode", ["warm"])  # the session's server; cold has nothing to mark
 def test_monitor_memory_is_mergeable_and_the_containers_is_not(bundles: Bundles,
-                                                               warm: Launcher) -> None:  # noqa: F811
-    session, paths = warm.create_ok(bundles.make(["sleep", "100"]))
+                                                               launcher: Launcher) -> None:
+    session, paths = launcher.create_ok(bundles.make(["sleep", "100"]))
     runc_start(paths.cid)
     try:
         monitor = mergeable(session.monitor_pid)

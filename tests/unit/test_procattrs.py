@@ -9,6 +9,7 @@ import os
 import pytest
 
 from pymon.procattrs import close_fds_except
+from tests.fakes.forked import in_child
 
 
 def is_open(fd: int) -> bool:
@@ -22,23 +23,15 @@ def is_open(fd: int) -> bool:
 def open_fds_after(keep_picks: list[int], low: int) -> tuple[set[int], set[int]]:
     """Fork; the child opens pipes, keeps the ones at `keep_picks` (indexes) plus its
     report pipe, closes the rest from `low` up, and reports what is left open."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fds = [fd for _ in range(6) for fd in os.pipe()]
-            keep = {fds[i] for i in keep_picks} | {w}
-            close_fds_except(keep, low=low)
-            left = [fd for fd in range(256) if is_open(fd)]  # opening nothing to look
-            os.write(w, json.dumps({"keep": sorted(keep), "left": left}).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
+    def child(w: int) -> None:
+        fds = [fd for _ in range(6) for fd in os.pipe()]
+        keep = {fds[i] for i in keep_picks} | {w}
+        close_fds_except(keep, low=low)
+        left = [fd for fd in range(256) if is_open(fd)]  # opening nothing to look
+        os.write(w, json.dumps({"keep": sorted(keep), "left": left}).encode())
+
+    data, status = in_child(child)
+    assert status == 0, status
     report = json.loads(data)
     return set(report["keep"]), set(report["left"])
 

@@ -7,6 +7,7 @@ import signal
 
 from pymon import signals
 from pymon.status import State, format_state
+from tests.fakes.forked import in_child
 
 
 def test_state_line() -> None:
@@ -30,26 +31,16 @@ def _sig_mask(status: str, field: str) -> int:
 def test_stray_signals_ignored_then_restored_for_exec() -> None:
     """In a forked child (our own state untouched): ignore_stray survives every stray
     signal; restore_defaults gives an exec'd program default dispositions, empty mask."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            signals.ignore_stray()
-            for sig in signals.STRAY:
-                os.kill(os.getpid(), sig)  # would end us with its default action
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
-            signals.restore_defaults()
-            os.dup2(w, 1)
-            os.execv("/bin/cat", ["cat", "/proc/self/status"])
-        finally:
-            os._exit(99)
-    os.close(w)
-    out = b""
-    while chunk := os.read(r, 65536):
-        out += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
+    def child(w: int) -> None:
+        signals.ignore_stray()
+        for sig in signals.STRAY:
+            os.kill(os.getpid(), sig)  # would end us with its default action
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        signals.restore_defaults()
+        os.dup2(w, 1)
+        os.execv("/bin/cat", ["cat", "/proc/self/status"])
+
+    out, status = in_child(child)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     text = out.decode()
     stray_bits = sum(1 << (sig - 1) for sig in signals.STRAY)
