@@ -99,3 +99,8 @@ def madvise_mergeable(start: int, length: int) -> None:
     with other processes' (when ksmd runs). Per mapping, so exec drops it."""
     _check(lib.madvise(ffi.cast("void *", start), length, lib.MADV_MERGEABLE),
            "madvise(MADV_MERGEABLE)")
+
+
+def fork() -> int:
+    """fork(2) without Python's at-fork work, for the server's monitors (_build.py)."""
+    return _check(lib.fork(), "fork")

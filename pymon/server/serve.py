@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from pymon import handover
+from pymon import _native, handover
 from pymon.cli import VERSION
 from pymon.server import cgroups
 from pymon.server.peer import Self
@@ -72,8 +72,6 @@ class Server:
         try:
             # A killed monitor's container is re-parented to us, so that we can reap it
             # and a replacement can record its exit (rescue.py)
-            from pymon import _native
-
             _native.set_child_subreaper(True)
         except OSError as e:
             self.rescuer.enabled = False
@@ -234,7 +232,7 @@ class Server:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = os.fork()
+            pid = _native.fork()  # not os.fork: see _native/_build.py
         except OSError as e:
             if channel is not None:
                 channel[0].close()

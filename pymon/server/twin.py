@@ -138,7 +138,8 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
     _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
     conn, channel = _install_fds(list(req.fds), received, conn, channel)
     log.__init__()  # type: ignore[misc]  # the server's rate-limit state is not ours
-    # (random's own at-fork hook has reseeded it: siblings do not share a sequence)
+    # No at-fork hook has run (the server forks with _native.fork): random is not
+    # reseeded, so siblings share its sequence; pymon takes its names from os.urandom
     problem = _process_state(req)
     try:  # the connection is non-blocking (shared with the server's loop): poll
         poller = select.poll()
