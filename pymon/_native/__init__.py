@@ -104,3 +104,57 @@ def madvise_mergeable(start: int, length: int) -> None:
 def fork() -> int:
     """fork(2) without Python's at-fork work, for the server's monitors (_build.py)."""
     return _check(lib.fork(), "fork")
+
+
+def _neg(ret: int, what: str) -> int:
+    """For the functions that return -errno rather than set errno."""
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+def snapshot_region(start: int, end: int, copy_all: bool, memfd: int, offset: int,
+                    pagemap: int) -> int:
+    """Copy [start, end) of our memory into memfd at `offset` and map the file over it,
+    MAP_PRIVATE (_build.py, pymon_snapshot_region). Returns the pages copied; on OSError
+    the range is as it was."""
+    copied = ffi.new("long *")
+    _neg(lib.pymon_snapshot_region(start, end, 1 if copy_all else 0, memfd, offset, pagemap,
+                                   copied), "snapshot")
+    return int(copied[0])
+
+
+# (start, end, offset) of each snapshot range, kept for the monitors forked after it
+_regions: object = None
+_region_count = 0
+
+
+def populate(start: int, length: int, write: bool) -> None:
+    """madvise(MADV_POPULATE_READ or _WRITE): fault the range in now (Linux 5.14+)."""
+    _check(lib.madvise(ffi.cast("void *", start), length,
+                       lib.MADV_POPULATE_WRITE if write else lib.MADV_POPULATE_READ),
+           "madvise(MADV_POPULATE)")
+
+
+def snapshot_done(memfd: int, size: int, regions: list[tuple[int, int, int]]) -> None:
+    """Map the snapshot read-only (the reference give_back compares with) and remember its
+    ranges. Called once, in the server, before it forks any monitor."""
+    global _regions, _region_count
+    _neg(lib.pymon_snapshot_view(memfd, size), "mmap of the snapshot")
+    _regions = ffi.new("unsigned long[]", [v for r in regions for v in r])
+    _region_count = len(regions)
+
+
+def has_snapshot() -> bool:
+    return _regions is not None
+
+
+def give_back() -> tuple[int, int] | None:
+    """Drop our private copies of snapshot pages that hold what the snapshot holds
+    (pymon_give_back). Returns (pages given back, private copies kept), or None in a
+    process that has no snapshot (a cold monitor)."""
+    if _regions is None:
+        return None
+    kept = ffi.new("long *")
+    dropped = _neg(lib.pymon_give_back(_regions, _region_count, kept), "give back")
+    return int(dropped), int(kept[0])

@@ -24,6 +24,10 @@ anything (~0.4 ms of faults at ~2.3 us each here, on the way to the pid message;
 those pages a monitor writes later anyway: ~20 fewer over its life, measured). cffi
 releases the GIL around the call and the child takes it again on return, as the only
 thread.
+
+The snapshot functions copy the server's memory into a file and map it back, and give
+back a monitor's copies that match it (pymon/server/snapshot.py says why); no library
+offers either, and both must run without touching the memory they work on.
 """
 
 from cffi import FFI
@@ -48,6 +52,8 @@ ffibuilder.cdef(
     int inotify_rm_watch(int fd, int wd);
 
     #define MADV_MERGEABLE ...
+    #define MADV_POPULATE_READ ...
+    #define MADV_POPULATE_WRITE ...
     int madvise(void *addr, size_t length, int advice);
 
     int pymon_spawn(const char *path, char *const argv[], char *envp[], const int fds[3],
@@ -55,6 +61,10 @@ ffibuilder.cdef(
                     int listen_pid_slot, char *listen_pid_buf, int listen_pid_size,
                     int *stage, int *child_errno);
 
+    int pymon_snapshot_region(unsigned long start, unsigned long end, int copy_all,
+                              int memfd, unsigned long offset, int pagemap, long *copied);
+    int pymon_snapshot_view(int memfd, unsigned long size);
+    long pymon_give_back(const unsigned long *regions, int n, long *kept);
     int fork(void);
     """
 )
@@ -71,6 +81,7 @@ ffibuilder.set_source(
     #include <signal.h>
     #include <string.h>
     #include <unistd.h>
+    #include <stdint.h>
 
     /* What failed in the child, for the parent's message (stage 0: exec itself). */
     enum { SPAWN_EXEC = 0, SPAWN_PDEATHSIG = 1, SPAWN_STDIO = 2 };
@@ -167,6 +178,106 @@ ffibuilder.set_source(
         errno = saved;
         return pid;
     }
+
+    /* --- the server's snapshot (pymon/server/snapshot.py) ----------------------------- */
+
+    #define PAGE 4096UL
+    #define BATCH 512
+
+    /* The snapshot read-only: what each page held when the server took it. */
+    static const char *pymon_view;
+
+    /* Copy [start, end) of our own memory into memfd at offset (every page if copy_all,
+       else the pages pagemap says are present or swapped: an absent anonymous page reads
+       as zeros, as a hole in the file does), then map the file there, MAP_PRIVATE, over
+       the memory it was copied from. Nothing between the copy and the mmap writes to that
+       memory: the caller's stack is not among the ranges and this code writes only its
+       own stack. Returns 0, or -errno with the range untouched. */
+    int pymon_snapshot_region(unsigned long start, unsigned long end, int copy_all,
+                              int memfd, unsigned long offset, int pagemap, long *copied) {
+        uint64_t e[BATCH];
+        unsigned long p = start, run_start = 0;
+        long n = 0;
+        int in_run = 0;
+
+        while (p < end) {
+            size_t count = (end - p) / PAGE < BATCH ? (end - p) / PAGE : BATCH, k;
+            if (!copy_all &&
+                pread(pagemap, e, count * 8, (off_t)(p / PAGE * 8)) != (ssize_t)(count * 8))
+                return errno ? -errno : -EIO;
+            for (k = 0; k <= count; k++) {
+                /* runs of pages to copy, written with one pwrite each */
+                int want = k < count && (copy_all || (e[k] >> 62 & 3));
+                unsigned long at = p + k * PAGE;
+                if (want && !in_run) {
+                    run_start = at;
+                    in_run = 1;
+                } else if (!want && in_run) {
+                    size_t len = at - run_start;
+                    if (pwrite(memfd, (const void *)run_start, len,
+                               (off_t)(offset + (run_start - start))) != (ssize_t)len)
+                        return errno ? -errno : -EIO;
+                    n += (long)(len / PAGE);
+                    in_run = 0;
+                }
+            }
+            p += count * PAGE;
+        }
+        if (mmap((void *)start, end - start, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+                 memfd, (off_t)offset) == MAP_FAILED)
+            return -errno;
+        *copied = n;
+        return 0;
+    }
+
+    int pymon_snapshot_view(int memfd, unsigned long size) {
+        void *v = mmap(NULL, size, PROT_READ, MAP_SHARED, memfd, 0);
+        if (v == MAP_FAILED)
+            return -errno;
+        pymon_view = v;
+        return 0;
+    }
+
+    /* Give back every private copy of a snapshot page that holds what the snapshot holds:
+       MADV_DONTNEED drops the copy, and the next access maps the shared page again.
+       regions: n triples (start, end, offset in the snapshot). Returns the pages given
+       back (and *kept: the private copies that differ), or -errno. */
+    long pymon_give_back(const unsigned long *regions, int n, long *kept) {
+        uint64_t e[BATCH];
+        long dropped = 0, seen = 0;
+        int i, pm;
+
+        if (pymon_view == NULL)
+            return -ENOENT;
+        pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+        if (pm < 0)
+            return -errno;
+        for (i = 0; i < n; i++) {
+            unsigned long start = regions[3 * i], end = regions[3 * i + 1];
+            unsigned long offset = regions[3 * i + 2], p = start;
+            while (p < end) {
+                size_t count = (end - p) / PAGE < BATCH ? (end - p) / PAGE : BATCH, k;
+                if (pread(pm, e, count * 8, (off_t)(p / PAGE * 8)) != (ssize_t)(count * 8)) {
+                    int err = errno ? errno : EIO;
+                    close(pm);
+                    return -err;
+                }
+                for (k = 0; k < count; k++, p += PAGE) {
+                    /* present, and an anonymous copy (not the file's page: bit 61) */
+                    if (!(e[k] >> 63 & 1) || (e[k] >> 61 & 1))
+                        continue;
+                    seen++;
+                    if (memcmp(pymon_view + offset + (p - start), (const void *)p, PAGE) == 0
+                        && madvise((void *)p, PAGE, MADV_DONTNEED) == 0)
+                        dropped++;
+                }
+            }
+        }
+        close(pm);
+        *kept = seen - dropped;
+        return dropped;
+    }
+
     """,
 )
 

@@ -33,6 +33,7 @@ from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
+from pymon.monitor.givingback import give_back_copies
 from pymon.monitor.launched import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
@@ -113,6 +114,7 @@ class Monitor:
                     nursery.start_soon(serve_fifo, self.l.winsz_fds[0], self.control.winsz_lines,
                                        self.control.on_winsz)
                 nursery.start_soon(self.oom.run)
+                nursery.start_soon(give_back_copies)
                 if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="log every request and refusal")
     ap.add_argument("--no-ksm", action="store_true",
                     help="do not offer the server's memory (and so its monitors') to KSM")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="keep the server's memory anonymous: monitors cannot give back "
+                         "the pages they copied")
     ap.add_argument("--version", action="version", version=f"pymon-server {VERSION}")
     args = ap.parse_args(argv)
 
@@ -84,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     from pymon.server.warm import warm
 
     warm()  # before serving: the first launcher must not pay for it
+    if not args.no_snapshot:
+        from pymon.server import snapshot
+
+        try:
+            taken = snapshot.take()
+            skipped = f", {taken.skipped} left as they were" if taken.skipped else ""
+            say(f"memory snapshot: {taken.copied_pages * 4096 >> 20} MiB in {taken.ranges} "
+                f"mappings{skipped}")
+        except OSError as e:
+            say(f"no memory snapshot ({e.strerror or e}): monitors keep what they copy")
     if not args.no_ksm:
         from pymon.server import ksm
 

@@ -2,11 +2,13 @@
 
 A warm monitor shares the server's pages until it writes to them; each monitor then holds
 its own copy of every page it wrote (reference counts, specialised bytecode, its own
-objects), ~4.5 MiB at rest. Monitors do the same work on the same heap, so many of those
-copies are identical from one monitor to the next. Kernel samepage merging finds such
-pages and maps one copy, read-only, into every process that had one.
+objects). It gives back those that hold what the server's snapshot holds
+(pymon/server/snapshot.py); ~3.5 MiB that differ stay. Monitors do the same work on the
+same heap, so many of those are identical from one monitor to the next. Kernel samepage
+merging finds such pages and maps one copy, read-only, into every process that had one.
 
-The server marks its private writable mappings MADV_MERGEABLE once it is warm; forked
+The server marks its private writable mappings MADV_MERGEABLE once it is warm (after the
+snapshot: the mark belongs to a mapping, and the snapshot maps anew); forked
 monitors inherit the mark with the mappings (exec drops it: the runtime and the containers
 never carry it). Nothing happens unless the host runs ksmd (/sys/kernel/mm/ksm/run = 1);
 then the merging costs ksmd's scanning CPU, which the host tunes (pages_to_scan, or the

@@ -1,0 +1,104 @@
+"""The server's memory snapshot and a monitor's giving back (pymon/server/snapshot.py,
+pymon/monitor/givingback.py). The snapshot rewrites the mappings of the process that takes
+it, so every test that takes one does it in a forked child."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from ast import literal_eval
+from pathlib import Path
+
+import pytest
+
+from pymon import _native
+from pymon.server import snapshot
+from pymon.server.snapshot import Range
+from tests.fakes.forked import in_child
+
+pytestmark = pytest.mark.timeout(60)
+
+PAGE = mmap.PAGESIZE
+
+MAPS = """\
+00400000-0041f000 r--p 00000000 fe:00 260811                             /usr/bin/python3.11
+00946000-00a85000 rw-p 00545000 fe:00 260811                             /usr/bin/python3.11
+00a85000-00aca000 rw-p 00000000 00:00 0
+1fa71000-1ff83000 rw-p 00000000 00:00 0                                  [heap]
+7f0c9f800000-7f0c9f900000 rw-s 00000000 00:05 1234                       /dev/zero (deleted)
+7f0c9fa00000-7f0c9fb00000 rw-p 00000000 00:00 0
+7f0c9fc00000-7f0c9fc01000 ---p 00000000 00:00 0
+7f0c9fd00000-7f0c9fd03000 r-xp 00000000 fe:00 339380                     /usr/lib/libc.so.6
+7ffe91a78000-7ffe91a99000 rw-p 00000000 00:00 0                          [stack]
+7ffe91b8e000-7ffe91b92000 r--p 00000000 00:00 0                          [vvar]
+7ffe91b92000-7ffe91b94000 r-xp 00000000 00:00 0                          [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+"""
+
+
+def test_ranges_are_the_private_writable_mappings_but_the_stack() -> None:
+    assert snapshot.snapshot_ranges(MAPS) == [
+        Range(0x946000, 0xA85000, True),  # the interpreter's .data: every page is copied
+        Range(0xA85000, 0xACA000, False),  # .bss: only the pages present
+        Range(0x1FA71000, 0x1FF83000, False),
+        Range(0x7F0C9FA00000, 0x7F0C9FB00000, False),
+    ]
+
+
+def _anon(addr: int) -> bool:
+    """Whether the page at addr is a private copy (present, not the file's page)."""
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        (entry,) = struct.unpack("Q", os.pread(fd, 8, addr // PAGE * 8))
+    finally:
+        os.close(fd)
+    return bool(entry >> 63 & 1) and not entry >> 61 & 1
+
+
+def _snapshot_and_give_back(w: int) -> None:
+    """In a child: a buffer of known pages, the snapshot, a page written and written back,
+    a page changed; then what give_back does to each."""
+    buf = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for i in range(4):
+        buf[i * PAGE:(i + 1) * PAGE] = bytes([i + 1]) * PAGE
+    addr = _native.ffi.cast("uintptr_t", _native.ffi.from_buffer(buf))
+    start = int(addr)
+    taken = snapshot.take()
+    maps = Path("/proc/self/maps").read_text()
+    backed = any(
+        line.endswith(f"/memfd:{snapshot.NAME} (deleted)")
+        and int(line.split("-")[0], 16) <= start < int(line.split("-")[1].split()[0], 16)
+        for line in maps.splitlines())
+    same = all(buf[i * PAGE] == i + 1 for i in range(4))
+    buf[0] = 99  # page 0: written, then as it was (a reference count up and down)
+    buf[0] = 1
+    buf[PAGE] = 42  # page 1: changed
+    copied = (_anon(start), _anon(start + PAGE), _anon(start + 2 * PAGE))
+    given = _native.give_back()
+    after = (_anon(start), _anon(start + PAGE))
+    contents = (buf[0], buf[PAGE], buf[2 * PAGE], buf[PAGE + 1])
+    os.write(w, repr((taken.ranges > 0, taken.skipped, backed, same, copied, given is not None
+                      and given[0] >= 1, after, contents)).encode())
+
+
+def test_snapshot_keeps_memory_and_give_back_drops_the_copies_that_match() -> None:
+    out, status = in_child(_snapshot_and_give_back)
+    assert status == 0, out
+    ok, skipped, backed, same, copied, gave, after, contents = literal_eval(out.decode())
+    assert ok and skipped == 0 and backed and same
+    # written pages are private copies; an untouched one is still the file's
+    assert copied == (True, True, False)
+    assert gave
+    # the page written back is the snapshot's again; the changed one stays private
+    assert after == (False, True)
+    assert contents == (1, 42, 3, 2)
+
+
+def _no_snapshot(w: int) -> None:
+    os.write(w, repr((_native.has_snapshot(), _native.give_back())).encode())
+
+
+def test_without_a_snapshot_there_is_nothing_to_give_back() -> None:
+    out, status = in_child(_no_snapshot)
+    assert status == 0 and literal_eval(out.decode()) == (False, None)
