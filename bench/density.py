@@ -136,6 +136,8 @@ def one_round(ws: Workspace, mon, n: int, settle: float, res: Results, stats: di
             stats[f"helper processes ({mon.name})"] += extra
         res.add(f"idle Pss_Anon per monitor (median of {n})", mon.name, median(anon), "MiB")
         res.add(f"total PSS, {n} monitors (+ server)", mon.name, pss, "MiB")
+        res.add("  private memory of one monitor (median)", mon.name,
+                median([memory(r.monitor_pid)["Private_Dirty"] for r in runs]), "MiB")
         res.add("  Rss of one monitor (median)", mon.name,
                 median([memory(r.monitor_pid)["Rss"] for r in runs]), "MiB")
     finally:
