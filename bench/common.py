@@ -13,6 +13,9 @@ Everything pymon runs (server, launchers) is taken from the tree this file is in
 whatever the venv's editable install points at), so a frozen copy of the repository can be
 benchmarked while others edit the working tree: the server stops serving as soon as its
 code changes on disk, which would turn a warm run into a cold one.
+
+BENCH_SERVER_ARGS (split like a shell would, without quoting): more arguments for every
+`pymon-server` started here, to compare its options (`--no-snapshot`, `--no-ksm`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ class Server:
         self.path = str(directory / name)
         self.lines: list[str] = []
         self.proc = subprocess.Popen([*(command or [sys.executable, "-m", "pymon.server"]),
-                                      "--socket", self.path, *(["--verbose"] if verbose else [])],
+                                      "--socket", self.path, *(["--verbose"] if verbose else []),
+                                      *os.environ.get("BENCH_SERVER_ARGS", "").split()],
                                      env=PYENV, cwd=str(ROOT), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      pass_fds=pass_fds)
