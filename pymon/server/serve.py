@@ -258,6 +258,7 @@ class Server:
         return pid
 
     def close(self) -> None:
+        self.stamp.close()
         for conn, _ in self.pending.values():
             conn.close()
         self.pending.clear()
