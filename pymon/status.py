@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 
 class State(Frozen):
-    __slots__ = ("attach_clients", "attach_stalled", "dropped_bytes", "dropped_lines", "log_size",
-                 "pid", "relayed", "running")
+    __slots__ = ("attach_clients", "attach_stalled", "dropped_bytes", "dropped_lines",
+                 "given_back", "log_size", "pid", "relayed", "running")
     pid: int
     running: bool
     relayed: tuple[tuple[str, int], ...]  # (stream, bytes) per relayed stream
@@ -35,6 +35,9 @@ class State(Frozen):
     log_size: int | None  # bytes in the current k8s-file log; None: no k8s-file
     dropped_lines: int  # log lines lost to failed writes
     dropped_bytes: int
+    # (passes, pages given back in all, copies kept at the last pass): a warm monitor
+    # giving back what it copied of the server's snapshot (monitor/givingback.py)
+    given_back: tuple[int, int, int] | None
 
     def __init__(self, **values: object) -> None:
         self._init(values)
@@ -50,11 +53,14 @@ def format_state(s: State) -> str:
         parts.append(f"{s.attach_clients} attach clients ({s.attach_stalled} dropped as stalled)")
     parts.append("no log file" if s.log_size is None else f"log file {s.log_size} bytes")
     parts.append(f"{s.dropped_lines} log lines ({s.dropped_bytes} bytes) dropped")
+    if s.given_back is not None:
+        passes, given, kept = s.given_back
+        parts.append(f"{given} copied pages given back in {passes} passes ({kept} kept)")
     return "; ".join(parts)
 
 
 def gather(pid: int, running: bool, relays: list[Relay], attach: AttachServer | None,
-           sinks: Sinks) -> State:
+           sinks: Sinks, given_back: tuple[int, int, int] | None = None) -> State:
     """The state of a monitor's parts: a monitor's (monitor/life.py) or a replacement's
     (monitor/rescued.py)."""
     files = [s for s in sinks.sinks if isinstance(s, K8sFileLog)]
@@ -65,7 +71,7 @@ def gather(pid: int, running: bool, relays: list[Relay], attach: AttachServer | 
         attach_stalled=0 if attach is None else attach.stalled,
         log_size=files[0].written if files else None,
         dropped_lines=sum(f.dropped_lines for f in files),
-        dropped_bytes=sum(f.dropped_bytes for f in files))
+        dropped_bytes=sum(f.dropped_bytes for f in files), given_back=given_back)
 
 
 async def report_on_sigusr1(state: Callable[[], State]) -> None:

@@ -158,3 +158,26 @@ def give_back() -> tuple[int, int] | None:
     kept = ffi.new("long *")
     dropped = _neg(lib.pymon_give_back(_regions, _region_count, kept), "give back")
     return int(dropped), int(kept[0])
+
+
+def give_back_on_timer(first_s: float, last_s: float) -> bool:
+    """Give back from a timer's signal handler (pymon_give_back_on_timer): after first_s,
+    then ten times further apart, up to every last_s. False in a process without a
+    snapshot; OSError if the timer or the handler could not be set up."""
+    if _regions is None:
+        return False
+    _neg(lib.pymon_give_back_on_timer(_regions, _region_count, round(first_s * 1000),
+                                      round(last_s * 1000)), "give-back timer")
+    return True
+
+
+def give_back_signal() -> int:
+    """The real-time signal the give-back timer uses."""
+    return int(lib.pymon_give_back_signal())
+
+
+def give_back_stats() -> tuple[int, int, int]:
+    """(passes, pages given back in all, private copies kept at the last pass)."""
+    out = ffi.new("long[3]")
+    lib.pymon_give_back_stats(out)
+    return int(out[0]), int(out[1]), int(out[2])

@@ -33,7 +33,7 @@ from pymon.diag import log
 from pymon.exitfile import exit_status, write_exit_files
 from pymon.logformat import STDERR, STDOUT
 from pymon.logs import K8sFileLog, LogSink, Sinks
-from pymon.monitor.givingback import give_back_copies
+from pymon.monitor import givingback
 from pymon.monitor.launched import Launched
 from pymon.notify import relay_notify
 from pymon.reaper import Reaper, forward_signals
@@ -74,11 +74,15 @@ class Monitor:
         self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
         self.recorded: int | None = None  # the status record_exit() returned
+        self.giving_back = False  # set by run(): the give-back timer is armed
 
     def state(self) -> State:
         """For the SIGUSR1 report."""
+        from pymon import _native
+
         return gather(self.l.container_pid, not self.reaper.exited.is_set(), self.relays,
-                      self.attach, self.sinks)
+                      self.attach, self.sinks,
+                      _native.give_back_stats() if self.giving_back else None)
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -114,7 +118,6 @@ class Monitor:
                     nursery.start_soon(serve_fifo, self.l.winsz_fds[0], self.control.winsz_lines,
                                        self.control.on_winsz)
                 nursery.start_soon(self.oom.run)
-                nursery.start_soon(give_back_copies)
                 if self.l.notify_fd is not None and self.config.opts.sdnotify_socket:
                     nursery.start_soon(relay_notify, self.l.notify_fd,
                                        self.config.opts.sdnotify_socket)
@@ -264,6 +267,7 @@ def run(launched: Launched) -> int:
 
     _native.keep_heap(trim_threshold=8 << 20, mmap_threshold=4 << 20)
     monitor = Monitor(launched)
+    monitor.giving_back = givingback.start()
     try:
         status = trio.run(monitor.run)
     except Exception:  # noqa: BLE001 -- any error: logged, and the exit is still recorded

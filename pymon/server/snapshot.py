@@ -11,7 +11,7 @@ interpreter's and libraries' data) into a memfd, and maps the file over it, MAP_
 the same addresses (`take`; the copying and mapping is in C, _build.py). The process goes
 on unchanged: the same bytes at the same addresses, now backed by the file. Monitors forked
 after that compare their copies with the file from time to time and drop those that match
-(`pymon._native.give_back`, called from pymon/monitor/givingback.py).
+(a POSIX timer armed by pymon/monitor/givingback.py runs `pymon_give_back`).
 
 Not the stack (the code that copies runs on it), nor the kernel's [vvar]/[vdso]/[vsyscall].
 For an anonymous mapping only the pages present are copied (an absent page reads as zeros,

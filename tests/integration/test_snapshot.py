@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pymon._native import give_back_signal
 from pymon.server.snapshot import NAME
 from tests.conftest import RUNC, Bundles, Launcher
+from tests.fakes.engine import wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -32,24 +34,37 @@ def mapped(pid: int) -> dict[str, int]:
     return out
 
 
-def run_one(bundles: Bundles, launcher: Launcher) -> dict[str, int]:
-    session, paths = launcher.create_ok(bundles.make(["sleep", "100"]))
+def timer_signals(pid: int) -> list[int]:
+    """The signals of `pid`'s POSIX timers."""
+    return [int(line.split()[1].split("/")[0])
+            for line in Path(f"/proc/{pid}/timers").read_text().splitlines()
+            if line.startswith("signal:")]
+
+
+def run_one(bundles: Bundles, launcher: Launcher) -> tuple[dict[str, int], list[int]]:
+    session, paths = launcher.create_ok(bundles.make(["sh", "-c", "echo up; exec sleep 100"]))
     runc_start(paths.cid)
     try:
+        # its output relayed: the monitor's life has begun, and its timer with it
+        wait_for(lambda: paths.log.exists() and b"up" in paths.log.read_bytes(),
+                 what="the container's output in the log")
         maps = mapped(session.monitor_pid)
+        timers = timer_signals(session.monitor_pid)
     finally:
         subprocess.run([RUNC, "kill", paths.cid, "KILL"], check=True, timeout=20)
         session.wait_monitor()
     assert json.loads(paths.exit_file.read_text()) == 137
-    return maps
+    return maps, timers
 
 
 @pytest.mark.parametrize("mode", ["warm"])  # the session's server
 def test_a_warm_monitor_runs_on_the_servers_snapshot(bundles: Bundles,
                                                       launcher: Launcher) -> None:
-    maps = run_one(bundles, launcher)
+    maps, timers = run_one(bundles, launcher)
     # the heap, the arenas and the interpreter's data: megabytes of them
     assert maps.get(SNAPSHOT, 0) > 8 * 1024, maps
+    # and the timer whose signal gives back what the monitor copied
+    assert timers == [give_back_signal()], timers
 
 
 def test_no_snapshot_leaves_the_memory_anonymous(bundles: Bundles, tmp_path: Path) -> None:
@@ -57,8 +72,9 @@ def test_no_snapshot_leaves_the_memory_anonymous(bundles: Bundles, tmp_path: Pat
                         cmd=[sys.executable, "-m", "pymon.server", "--no-snapshot"])
     launcher = Launcher(tmp_path, server)
     try:
-        maps = run_one(bundles, launcher)
+        maps, timers = run_one(bundles, launcher)
         assert SNAPSHOT not in maps and "[heap]" in maps, maps
+        assert timers == [], timers
         assert b"memory snapshot" not in server.log
     finally:
         launcher.cleanup()

@@ -12,12 +12,14 @@ from tests.fakes.forked import in_child
 
 def test_state_line() -> None:
     s = State(pid=42, running=True, relayed=(("stdout", 10), ("stderr", 0)), attach_clients=2,
-              attach_stalled=1, log_size=1234, dropped_lines=3, dropped_bytes=171)
+              attach_stalled=1, log_size=1234, dropped_lines=3, dropped_bytes=171,
+              given_back=(2, 630, 880))
     assert format_state(s) == ("state: container pid 42 running; relayed stdout 10 bytes, "
                                "stderr 0 bytes; 2 attach clients (1 dropped as stalled); "
-                               "log file 1234 bytes; 3 log lines (171 bytes) dropped")
+                               "log file 1234 bytes; 3 log lines (171 bytes) dropped; "
+                               "630 copied pages given back in 2 passes (880 kept)")
     quiet = State(pid=7, running=False, relayed=(), attach_clients=None, attach_stalled=0,
-                  log_size=None, dropped_lines=0, dropped_bytes=0)
+                  log_size=None, dropped_lines=0, dropped_bytes=0, given_back=None)
     assert format_state(quiet) == ("state: container pid 7 exited; relayed nothing (no output "
                                    "streams); no attach socket; no log file; 0 log lines "
                                    "(0 bytes) dropped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 from ast import literal_eval
 from pathlib import Path
 
@@ -102,3 +103,46 @@ def _no_snapshot(w: int) -> None:
 def test_without_a_snapshot_there_is_nothing_to_give_back() -> None:
     out, status = in_child(_no_snapshot)
     assert status == 0 and literal_eval(out.decode()) == (False, None)
+
+
+def _timer_pass(w: int) -> None:
+    """In a child: a snapshot, a page written and written back, then the timer armed to
+    fire in 50 ms while the child waits."""
+    buf = mmap.mmap(-1, 2 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf[:] = b"\x07" * (2 * PAGE)
+    start = int(_native.ffi.cast("uintptr_t", _native.ffi.from_buffer(buf)))
+    snapshot.take()
+    buf[0] = 8
+    buf[0] = 7  # as it was: a copy the timer's pass gives back
+    buf[PAGE] = 9  # changed: kept
+    before = _anon(start)
+    armed = _native.give_back_on_timer(0.05, 1000)
+    sig = _native.give_back_signal()
+    caught = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("SigCgt:")).split()[1], 16) >> (sig - 1) & 1
+    deadline = time.monotonic() + 10
+    while _native.give_back_stats()[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the pass runs in the signal handler, whenever the timer fires
+    passes, given, kept = _native.give_back_stats()
+    os.write(w, repr((before, armed, bool(caught), passes, given >= 1, kept >= 1,
+                      _anon(start), _anon(start + PAGE), buf[0], buf[PAGE])).encode())
+
+
+def test_the_timer_gives_back_from_its_signal_handler() -> None:
+    out, status = in_child(_timer_pass)
+    assert status == 0, out
+    before, armed, caught, passes, gave, kept, after0, after1, b0, b1 = literal_eval(
+        out.decode())
+    assert before and armed and caught
+    assert passes == 1 and gave and kept
+    assert (after0, after1) == (False, True)
+    assert (b0, b1) == (7, 9)
+
+
+def _no_snapshot_timer(w: int) -> None:
+    os.write(w, repr(_native.give_back_on_timer(0.05, 1000)).encode())
+
+
+def test_no_timer_without_a_snapshot() -> None:
+    out, status = in_child(_no_snapshot_timer)
+    assert status == 0 and literal_eval(out.decode()) is False
