@@ -11,17 +11,21 @@ server decodes it with msgspec into a validated struct (pymon/server/wire.py).
 The conversation on one SOCK_SEQPACKET connection (one message per packet):
 
     launcher -> server   REQUEST with SCM_RIGHTS: the launcher's fds, in REQUEST.fds order
-    server   -> launcher ["ready", monitor pid, ""]      or ["refused", 0, reason]
+    server   -> launcher ["ready", 0, ""]                 or ["refused", 0, reason]
     launcher -> monitor  GO                              (or close: nothing has happened)
     monitor  -> launcher ["detached", pid, ""]           not --sync: write the conmon
                                                           pidfile and exit 0
                          ["running", pid, ""]            --sync: wait for "exited"
                          ["exited", status, ""]          the launcher exits with status
 
-"ready" promises only that a monitor process waits for GO; until GO is sent the launcher
-may still give up (too slow, say) and run the cold path, and the waiting process then
-leaves without having touched anything of the launcher's. After GO the launcher is
-committed: the monitor may have read the start pipe.
+"ready" promises only that the request was accepted and a monitor process is being forked
+to wait for GO (the server answers first and forks after, so that the fork is not inside
+the launcher's 2 ms; its pid, unknown then, is 0, and comes with "detached" or "running").
+Until GO is sent the launcher may still give up (too slow, say) and run the cold path, and
+the waiting process then leaves without having touched anything of the launcher's. After
+GO the launcher is committed: the monitor may have read the start pipe. A fork that fails
+after "ready" closes the connection: a committed launcher reports that the monitor ended
+before reporting its state, and exits 1.
 """
 
 from __future__ import annotations

@@ -164,10 +164,12 @@ def _follow(sock: _socket.socket, pid: int) -> int:
     while True:
         reply = _receive(sock, None)
         if reply is None:
+            # pid: the running monitor's, or 0 when the server answered before forking
+            who = f"monitor {pid}" if pid > 0 else "the monitor"
             if forwarding:
-                _error(f"monitor {pid} ended without reporting an exit status")
+                _error(f"{who} ended without reporting an exit status")
             else:
-                _error(f"monitor {pid} ended before it took over")
+                _error(f"{who} ended before it took over")
             return 1
         kind, value, text = reply
         if kind == handover.DETACHED:
@@ -195,6 +197,7 @@ def _follow(sock: _socket.socket, pid: int) -> int:
             for sig in FORWARDED:
                 signal.signal(sig, forward)
             forwarding = True
+            pid = value
             continue
         if kind == handover.EXITED:
             return value & 0xFF

@@ -537,6 +537,17 @@ static __attribute__((noreturn)) void fail(const char *fmt, ...)
     exit(1);
 }
 
+/* "monitor PID", or "the monitor" while its pid is not known (the server answers "ready"
+ * before it forks, with 0) */
+static const char *who(int64_t pid)
+{
+    static char buf[40];
+    if (pid <= 0)
+        return "the monitor";
+    snprintf(buf, sizeof buf, "monitor %" PRId64, pid);
+    return buf;
+}
+
 /* After GO: the monitor owns the invocation; this process only reports its outcome. */
 static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monitor)
 {
@@ -563,11 +574,11 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
         struct reply r;
         int got = recv_reply(sock, &r);
         if (got == 0 && running)
-            fail("monitor %" PRId64 " ended without reporting an exit status", running);
+            fail("%s ended without reporting an exit status", who(running));
         if (got == 0)
-            fail("monitor %" PRId64 " ended before reporting its state", monitor);
+            fail("%s ended before reporting its state", who(monitor));
         if (got < 0)
-            fail("malformed reply from monitor %" PRId64, monitor);
+            fail("malformed reply from %s", who(running ? running : monitor));
         if (is_kind(&r, "exited"))
             exit((int)r.value);
         if (!running && is_kind(&r, "detached") && is_pid(r.value)) {
@@ -585,8 +596,8 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
             running = r.value;
             continue;
         }
-        fail("unexpected reply \"%.*s\" from monitor %" PRId64, (int)r.kind_len, r.kind,
-             monitor);
+        fail("unexpected reply \"%.*s\" from %s", (int)r.kind_len, r.kind,
+             who(running ? running : monitor));
     }
 }
 
@@ -657,8 +668,8 @@ int main(int argc, char **argv)
             reason = "the server closed the connection";
         else if (got < 0)
             reason = "malformed reply";
-        else if (is_kind(&r, "ready") && is_pid(r.value))
-            ready = 1;
+        else if (is_kind(&r, "ready") && (r.value == 0 || is_pid(r.value)))
+            ready = 1; /* 0: the server answers before it forks the monitor */
         else {
             snprintf(why, sizeof why, "%.*s: %.*s", (int)r.kind_len, r.kind,
                      (int)(r.text_len > 80 ? 80 : r.text_len), r.text);

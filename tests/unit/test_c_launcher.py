@@ -297,6 +297,30 @@ def test_pidfile_failure_kills_the_monitor(launch: Launches, server: FakeServer,
         monitor.wait()
 
 
+def test_ready_before_the_fork(launch: Launches, server: FakeServer, tmp_path: Path) -> None:
+    """The server answers "ready" with no pid (it forks after answering): the pid comes
+    with "detached"; a monitor that never comes is reported without a pid."""
+    pidfile = tmp_path / "conmon.pid"
+    proc = launch([launch.binary, "--conmon-pidfile", str(pidfile)], env=env_for(server))
+    got = server.accept()
+    got.drop_fds()
+    got.reply(handover.READY, 0)
+    got.expect_go()
+    got.reply(handover.DETACHED, 31337, str(pidfile))
+    assert finish(proc) == (0, b"", b"")
+    got.close()
+    assert pidfile.read_text() == "31337"
+
+    proc = launch([launch.binary], env=env_for(server))
+    got = server.accept()
+    got.drop_fds()
+    got.reply(handover.READY, 0)
+    got.expect_go()
+    got.close()  # the fork failed
+    assert finish(proc) == (
+        1, b"", b"[conmon:e]: the monitor ended before reporting its state\n")
+
+
 # The fake monitor of --sync: reports each signal it gets on stdout, ends on SIGTERM.
 SIGNAL_REPORTER = """\
 import os, signal, sys
