@@ -87,30 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     from pymon.server.warm import warm
 
     warm()  # before serving: the first launcher must not pay for it
+    if not args.no_snapshot:
+        from pymon.server import snapshot
 
-    def settle_memory() -> None:
-        # Once the server's own state exists (its loop's objects, its poll set): what it
-        # changes afterwards for each request is then mostly raised and lowered again,
-        # which a monitor can give back (snapshot.py)
-        if not args.no_snapshot:
-            from pymon.server import snapshot
+        try:
+            taken = snapshot.take()
+            skipped = f", {taken.skipped} left as they were" if taken.skipped else ""
+            say(f"memory snapshot: {taken.copied_pages * 4096 >> 20} MiB in {taken.ranges} "
+                f"mappings{skipped}")
+        except OSError as e:
+            say(f"no memory snapshot ({e.strerror or e}): monitors keep what they copy")
+    if not args.no_ksm:
+        from pymon.server import ksm
 
-            try:
-                taken = snapshot.take()
-                skipped = f", {taken.skipped} left as they were" if taken.skipped else ""
-                say(f"memory snapshot: {taken.copied_pages * 4096 >> 20} MiB in "
-                    f"{taken.ranges} mappings{skipped}")
-            except OSError as e:
-                say(f"no memory snapshot ({e.strerror or e}): monitors keep what they copy")
-        if not args.no_ksm:  # after the snapshot: the mark belongs to a mapping
-            from pymon.server import ksm
-
-            marked = ksm.offer_memory()
-            if marked:
-                say(f"{marked >> 20} MiB offered to KSM, for the monitors' copies; ksmd is "
-                    f"{'running' if ksm.ksmd_state() == '1' else 'off'} on this host")
-
-    return Server(sock, path, verbose=args.verbose).run(settle_memory)
+        marked = ksm.offer_memory()
+        if marked:
+            say(f"{marked >> 20} MiB offered to KSM, for the monitors' copies; ksmd is "
+                f"{'running' if ksm.ksmd_state() == '1' else 'off'} on this host")
+    return Server(sock, path, verbose=args.verbose).run()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 from pymon import _native, handover
 from pymon.cli import VERSION
@@ -65,9 +64,7 @@ class Server:
 
     # --- the loop --------------------------------------------------------------------
 
-    def run(self, settle_memory: Callable[[], None] = lambda: None) -> int:
-        """Serve until stopped. `settle_memory` runs once everything is set up, just before
-        the first request is read (the snapshot, pymon/server/__main__.py)."""
+    def run(self) -> int:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # reaped in the loop
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -90,7 +87,6 @@ class Server:
         poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
-        settle_memory()
         say(f"serving on {self.path or 'an inherited socket'} (pymon {VERSION})")
         try:
             while not self.stopping:
