@@ -30,6 +30,7 @@ class Session:
         child_env = dict(os.environ if env is None else env)
         child_env["_OCI_SYNCPIPE"] = str(sync_child.fileno())
         child_env["_OCI_STARTPIPE"] = str(start_child.fileno())
+        self.start_fd = start_child.fileno()  # its number in P0
         if exec_attach:
             self.attach, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             fds.append(attach_child.fileno())
@@ -122,6 +123,14 @@ def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:  
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def blocked_reading(pid: int, fd: int) -> bool:
+    """`pid` sits in read(2) on `fd` (x86_64). Any read would not do: on a cold page cache
+    a starting interpreter blocks in read(2) on its own modules, before it has installed
+    the signal handlers a test is about to exercise."""
+    call = Path(f"/proc/{pid}/syscall").read_text().split()
+    return call[0] == "0" and int(call[1], 16) == fd
 
 
 # x86_64 numbers of the calls a monitor blocks in while it waits for output: epoll_wait,

@@ -118,8 +118,8 @@ def test_sigterm_before_the_runtime_is_forked_exits_1(tmp_path: Path) -> None:
                                "--full-attach", "-l", "none"], env=env,
                               pass_fds=[theirs.fileno()])
         # it blocks on the start pipe: wait until it sits in read(2), then TERM it
-        from tests.fakes.engine import wait_for
-        wait_for(lambda: Path(f"/proc/{p0.pid}/syscall").read_text().split()[0] == "0",
+        from tests.fakes.engine import blocked_reading, wait_for
+        wait_for(lambda: blocked_reading(p0.pid, theirs.fileno()),
                  what="P0 blocked reading the start pipe")
         p0.send_signal(signal.SIGTERM)
         assert p0.wait(10) == 1

@@ -15,7 +15,7 @@ import pytest
 from pymon.signals import STRAY
 from tests.conftest import Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import wait_for
+from tests.fakes.engine import blocked_reading, wait_for
 from tests.fakes.runtime import fake_runtime, runtime_pid
 from tests.fakes.syslog import PrivateSyslog
 from tests.integration.test_lifecycle import runc_start
@@ -88,9 +88,12 @@ def test_stray_signals_before_trio(launcher: Launcher, tmp_path: Path) -> None:
     p0 = session.p0.pid
     # cold: P0 blocks in read(2) on the start pipe; warm: the launcher in poll(2), waiting
     # for its monitor (which reads the start pipe) to say it took over
-    blocked_in = {"0"} if launcher.mode == "cold" else {"7", "271"}
-    wait_for(lambda: Path(f"/proc/{p0}/syscall").read_text().split()[0] in blocked_in,
-             what="P0 blocked waiting for the start byte")
+    def blocked() -> bool:
+        if launcher.mode == "cold":
+            return blocked_reading(p0, session.start_fd)
+        return Path(f"/proc/{p0}/syscall").read_text().split()[0] in ("7", "271")
+
+    wait_for(blocked, what="P0 blocked waiting for the start byte")
     for sig in STRAY:
         os.kill(p0, sig)
     session.send_start()
