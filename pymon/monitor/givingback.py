@@ -33,3 +33,9 @@ def start() -> bool:
     except OSError as e:
         log.debug("cannot give back copied pages: %s", e.strerror)
         return False
+
+
+def stats() -> tuple[int, int, int]:
+    """For the SIGUSR1 report once `start` armed the timer: (passes, pages given back in
+    all, private copies kept at the last pass)."""
+    return _native.give_back_stats()

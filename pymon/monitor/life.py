@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from pymon import proctree, sync
+from pymon import _native, proctree, sync
 from pymon.attach import AttachServer, Stdin
 from pymon.config import Config
 from pymon.ctl import LineSplitter, read_pending
@@ -78,11 +78,8 @@ class Monitor:
 
     def state(self) -> State:
         """For the SIGUSR1 report."""
-        from pymon import _native
-
         return gather(self.l.container_pid, not self.reaper.exited.is_set(), self.relays,
-                      self.attach, self.sinks,
-                      _native.give_back_stats() if self.giving_back else None)
+                      self.attach, self.sinks, givingback.stats() if self.giving_back else None)
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -263,8 +260,6 @@ def run(launched: Launched) -> int:
 
     An unexpected error in any task is logged with its traceback; the container's exit is
     still waited for and recorded, and M exits non-zero."""
-    from pymon import _native
-
     _native.keep_heap(trim_threshold=8 << 20, mmap_threshold=4 << 20)
     monitor = Monitor(launched)
     monitor.giving_back = givingback.start()

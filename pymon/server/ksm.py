@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pymon import _native
 from pymon.procattrs import read_small
+from pymon.server.maps import KERNEL, private_writable
 
 KSM_RUN = "/sys/kernel/mm/ksm/run"
 
@@ -27,17 +28,7 @@ KSM_RUN = "/sys/kernel/mm/ksm/run"
 def mergeable_ranges(maps: str) -> list[tuple[int, int]]:
     """The (start, end) of each private writable mapping in a /proc/PID/maps text, but the
     kernel's special ones ([vvar], [vdso], [vsyscall]): what KSM may merge."""
-    out = []
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) < 5 or fields[1][:2] != "rw" or fields[1][3:4] != "p":
-            continue
-        name = fields[5].strip() if len(fields) == 6 else ""
-        if name in ("[vvar]", "[vdso]", "[vsyscall]"):
-            continue
-        start, _, end = fields[0].partition("-")
-        out.append((int(start, 16), int(end, 16)))
-    return out
+    return [(m.start, m.end) for m in private_writable(maps) if m.name not in KERNEL]
 
 
 def offer_memory() -> int:

@@ -26,10 +26,10 @@ from typing import NamedTuple
 
 from pymon import _native
 from pymon.procattrs import read_small
+from pymon.server.maps import KERNEL, private_writable
 
 PAGE = 4096
 NAME = "pymon-snapshot"  # /proc/PID/maps shows /memfd:pymon-snapshot (deleted)
-_SPECIAL = ("[stack]", "[vvar]", "[vdso]", "[vsyscall]")
 
 
 class Range(NamedTuple):
@@ -40,17 +40,8 @@ class Range(NamedTuple):
 
 def snapshot_ranges(maps: str) -> list[Range]:
     """The private writable mappings of a /proc/PID/maps text that go into the snapshot."""
-    out = []
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) < 5 or fields[1][:2] != "rw" or fields[1][3:4] != "p":
-            continue
-        name = fields[5].strip() if len(fields) == 6 else ""
-        if name in _SPECIAL or name.startswith("[stack:"):
-            continue
-        start, _, end = fields[0].partition("-")
-        out.append(Range(int(start, 16), int(end, 16), fields[4] != "0"))
-    return out
+    return [Range(m.start, m.end, m.file_backed) for m in private_writable(maps)
+            if m.name not in KERNEL and m.name != "[stack]" and not m.name.startswith("[stack:")]
 
 
 class Taken(NamedTuple):

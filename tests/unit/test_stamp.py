@@ -58,11 +58,17 @@ def test_written_in_place(tmp_path: Path, stamp_of) -> None:  # type: ignore[no-
     assert stamp.changed() == str(f)
 
 
-def test_replaced_by_rename(tmp_path: Path, stamp_of) -> None:  # type: ignore[no-untyped-def]
+def module_in_package(tmp_path: Path) -> tuple[Path, Path]:
+    """(pkg, pkg/mod.py): a module in a directory of its own, which a test may remove."""
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     f = pkg / "mod.py"
     f.write_text("x = 1\n")
+    return pkg, f
+
+
+def test_replaced_by_rename(tmp_path: Path, stamp_of) -> None:  # type: ignore[no-untyped-def]
+    pkg, f = module_in_package(tmp_path)
     stamp = stamp_of([f])
     new = pkg / "mod.py.new"
     new.write_text("x = 1\n")  # the same bytes, another file: what an upgrade does
@@ -72,10 +78,7 @@ def test_replaced_by_rename(tmp_path: Path, stamp_of) -> None:  # type: ignore[n
 
 
 def test_directory_removed(tmp_path: Path, stamp_of) -> None:  # type: ignore[no-untyped-def]
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    f = pkg / "mod.py"
-    f.write_text("x = 1\n")
+    pkg, f = module_in_package(tmp_path)
     stamp = stamp_of([f])
     f.unlink()
     pkg.rmdir()
