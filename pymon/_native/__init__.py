@@ -181,3 +181,17 @@ def give_back_stats() -> tuple[int, int, int]:
     out = ffi.new("long[3]")
     lib.pymon_give_back_stats(out)
     return int(out[0]), int(out[1]), int(out[2])
+
+
+def read_i32(addr: int) -> int:
+    """The int at `addr` in this process (pymon/server/settle.py reads CPython's own
+    structures with it; nothing else should)."""
+    return int(ffi.cast("int *", addr)[0])
+
+
+def read_i16(addr: int) -> int:
+    return int(ffi.cast("short *", addr)[0])
+
+
+def write_i16(addr: int, value: int) -> None:
+    ffi.cast("short *", addr)[0] = value

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-snapshot", action="store_true",
                     help="keep the server's memory anonymous: monitors cannot give back "
                          "the pages they copied")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="leave the code that is not warm by the snapshot counting its calls: "
+                         "monitors that run it then copy its pages")
     ap.add_argument("--version", action="version", version=f"pymon-server {VERSION}")
     args = ap.parse_args(argv)
 
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pymon.server.warm import warm
 
-    warm()  # before serving: the first launcher must not pay for it
+    settled = warm(settle_code=not args.no_settle)  # before serving: not on a launcher's time
+    if settled:
+        say(f"{settled} code objects settled")
     if not args.no_snapshot:
         from pymon.server import snapshot
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
+
+from pymon.server import settle
 
 WORKLOAD_RUNS = 30  # ~10 ms in all
+RELAY_CHUNKS = 20  # reads the relay makes (~20 ms: each waits out the pump's coalescing)
 
 
 def import_all() -> None:
@@ -62,13 +66,62 @@ async def _workload() -> None:
         os.close(w)
 
 
-def warm() -> None:
+async def _relay_workload() -> None:
+    """The relay's hot path as a monitor runs it (stdio.pump -> Sinks -> K8sFileLog, the
+    attach fan-out with no client), for RELAY_CHUNKS reads, so that it is quickened and
+    specialized here in the shared pages: settle.py leaves code that is not warm by then
+    unspecialized for good."""
+    import trio
+
+    from pymon.attach import AttachServer
+    from pymon.logs import K8sFileLog, Sinks
+    from pymon.stdio import Relay, pump
+
+    log_fd = os.memfd_create("pymon-warm-log", os.MFD_CLOEXEC)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind("")  # an abstract address of the kernel's choosing: nothing on disk
+        listener.listen()
+        attach = AttachServer(listener.detach(), None, False)
+        sinks = Sinks([K8sFileLog("pymon-warm-log", log_fd)])
+        relay = Relay(r, b"stdout", sinks, attach.broadcast)
+        lines = b"warm %d\n" * 8
+
+        async def write() -> None:
+            nonlocal w
+            for i in range(RELAY_CHUNKS):
+                chunk = lines % tuple(range(i, i + 8))
+                os.write(w, chunk)
+                relayed = relay.relayed + len(chunk)
+                while relay.relayed < relayed:  # one read per write: the pump loops
+                    await trio.lowlevel.checkpoint()
+            os.close(w)
+            w = -1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await pump([relay])
+        attach.close()
+    finally:
+        for fd in (r, w, log_fd):
+            if fd >= 0:
+                os.close(fd)
+        listener.close()
+
+
+def warm(settle_code: bool = True) -> int:
+    """Returns how many code objects were settled (settle.py)."""
+    settled = 0
     gc.disable()
     try:
         _warm()
+        if settle_code:
+            settled = settle.settle()
         gc.freeze()
     finally:
         gc.enable()
+    return settled
 
 
 def _warm() -> None:
@@ -93,3 +146,5 @@ def _warm() -> None:
     # code specialized once, in the shared pages, writes to fewer of them
     for _ in range(WORKLOAD_RUNS):
         trio.run(_workload)
+    trio.run(_relay_workload)
+

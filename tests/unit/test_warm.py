@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # What warm.import_all() leaves loaded, in a fresh interpreter (this one has loaded more)
@@ -68,3 +70,29 @@ def test_a_warm_monitor_imports_no_pymon_module_after_the_fork() -> None:
                     if target not in loaded]
     assert not missing, "not imported by pymon/server/warm.py import_all(): " + \
         "; ".join(missing)
+
+
+# After the warm-up and settling, in a fresh interpreter: which of the relay's hot
+# functions run quickened (specialized, shared) rather than settled (unspecialized)
+_HOT = """
+import ctypes, sys
+from pymon.server.warm import warm
+from pymon import attach, logformat, logs, stdio
+import trio
+assert warm() > 1000
+hot = [stdio.Relay.read_available, stdio.pump, logs.Sinks.write, logs.K8sFileLog.write,
+       logs.K8sFileLog._writev, logformat.frame, logformat.timestamp,
+       attach.AttachServer.broadcast, trio.lowlevel.wait_readable]
+for f in hot:
+    code = getattr(f, "__wrapped__", f).__code__
+    raw = ctypes.string_at(id(code), sys.getsizeof(code))
+    print(f.__qualname__, code.co_code not in raw)
+"""
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="settling is CPython 3.11's")
+def test_the_relays_hot_path_is_warmed_before_the_rest_is_settled() -> None:
+    out = subprocess.run([sys.executable, "-c", _HOT], cwd=ROOT, check=True, timeout=60,
+                         capture_output=True, text=True).stdout
+    cold = [line.split()[0] for line in out.splitlines() if line.split()[1] != "True"]
+    assert len(out.splitlines()) == 9 and not cold, out
