@@ -17,7 +17,7 @@ import sys
 
 from pymon.cli import VERSION
 from pymon.handover import default_socket_path
-from pymon.server.serve import BACKLOG, Server, say
+from pymon.server.serve import BACKLOG, Server, request_path_files, say
 
 
 def bind(path: str) -> socket.socket:
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pymon.server.warm import warm
 
-    settled = warm(settle_code=not args.no_settle)  # before serving: not on a launcher's time
+    # before serving: not on a launcher's time
+    settled = warm(settle_code=not args.no_settle, keep=request_path_files())
     if settled:
         say(f"{settled} code objects settled")
     if not args.no_snapshot:

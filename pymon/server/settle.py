@@ -73,14 +73,16 @@ def counting(code: types.CodeType) -> bool:
     return _native.read_i16(id(code) + _CO_WARMUP) < 0
 
 
-def settle(codes: Iterable[types.CodeType] | None = None) -> int:
+def settle(codes: Iterable[types.CodeType] | None = None,
+           keep: frozenset[str] = frozenset()) -> int:
     """Mark every code object that is still counting (of `codes`, or of the process) as
-    counted out. Returns how many were (0 where the layout is not CPython 3.11's)."""
+    counted out, but those of the files in `keep`. Returns how many were (0 where the
+    layout is not CPython 3.11's)."""
     if not layout_ok():
         return 0
     settled = 0
     for code in all_code() if codes is None else codes:
-        if counting(code):
+        if counting(code) and code.co_filename not in keep:
             _native.write_i16(id(code) + _CO_WARMUP, 0)
             settled += 1
     return settled
