@@ -190,8 +190,10 @@ def read_i32(addr: int) -> int:
 
 
 def read_i16(addr: int) -> int:
+    """The short at `addr` (settle.py, as read_i32)."""
     return int(ffi.cast("short *", addr)[0])
 
 
 def write_i16(addr: int, value: int) -> None:
+    """Write the short at `addr` (settle.py: a code object's co_warmup, nothing else)."""
     ffi.cast("short *", addr)[0] = value

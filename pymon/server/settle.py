@@ -3,18 +3,19 @@
 CPython 3.11 counts the first calls of each code object in the object itself (co_warmup,
 from -8 up to 0) and then rewrites its bytecode into the adaptive form ("quickening").
 Code that the warm-up ran often enough is quickened in the server, and its monitors share
-it. Code that it did not (a monitor's set-up, its argv and config checks, the server's
-own request path) counts its calls in every monitor that runs it: each such call writes
-the code object, so each monitor holds a copy of that page, and since the count stays
-changed, the give-back (snapshot.py) never finds it equal to the snapshot. ~150 of the
-~800 pages an idle monitor held were such code objects (measured: pages that differ from
-the snapshot, word by word, and the code objects whose count had moved).
+it. Code that it did not (a monitor's set-up, its argv and config checks) counts its calls in
+every monitor that runs it: each such call writes the code object, so each monitor holds a
+copy of that page, and since the count stays changed, the give-back (snapshot.py) never
+finds it equal to the snapshot. ~115 of the ~790 pages an idle monitor held were such code
+objects (measured: pages that differ from the snapshot, word by word, and the code objects
+whose count had moved).
 
 So once warm, every code object still counting is marked as counted out without being
 quickened (co_warmup = 0): CPython then runs it as it is, unspecialized, and writes
 nothing to it, here or in any monitor. Such code runs a few times per monitor, where
 specializing would not pay anyway; the hot paths (trio's loop, the relay) are warmed
-first (warm.py), so they are quickened and left as they are.
+first (warm.py), so they are quickened and left as they are, and the server's own request
+path, which runs for every launch, is left to quicken in the server (`keep`).
 
 CPython 3.11 only: 3.12 has no co_warmup. The field's place is checked on a fresh code
 object first; anything unexpected and nothing is written.
