@@ -17,7 +17,7 @@ import sys
 
 from pymon.cli import VERSION
 from pymon.handover import default_socket_path
-from pymon.server.serve import BACKLOG, Server, request_path_files, say
+from pymon.server.serve import BACKLOG, Server, say
 
 
 def bind(path: str) -> socket.socket:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from pymon.server.warm import warm
 
     # before serving: not on a launcher's time
-    settled = warm(settle_code=not args.no_settle, keep=request_path_files())
+    settled = warm(settle_code=not args.no_settle)
     if settled:
         say(f"{settled} code objects settled")
     if not args.no_snapshot:

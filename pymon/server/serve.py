@@ -28,17 +28,6 @@ from pymon.server.rescue import Rescuer
 from pymon.server.stamp import CodeStamp
 from pymon.server.wire import Rejected, Request, decode_request
 
-
-def request_path_files() -> frozenset[str]:
-    """The files of the code the server runs for every launch: left to quicken in the
-    server after eight launches rather than settled (warm.py), which would run it
-    unspecialized for good (measured: ~0.1 ms more of the server's CPU per launch)."""
-    from pymon.server import peer, rescue, rescuewire, stamp, wire
-
-    modules = (handover, peer, rescue, rescuewire, stamp, wire, socket, threading)
-    return frozenset(f for f in (__file__, *(m.__file__ for m in modules)) if f)
-
-
 REQUEST_DEADLINE = 1.0  # a connection that has sent nothing by then is dropped
 BACKLOG = 128
 _CRED = struct.Struct("3i")

@@ -110,15 +110,14 @@ async def _relay_workload() -> None:
         listener.close()
 
 
-def warm(settle_code: bool = True, keep: frozenset[str] = frozenset()) -> int:
-    """Returns how many code objects were settled (settle.py): all that are still
-    counting, but those of the files in `keep`."""
+def warm(settle_code: bool = True) -> int:
+    """Returns how many code objects were settled (settle.py)."""
     settled = 0
     gc.disable()
     try:
         _warm()
         if settle_code:
-            settled = settle.settle(keep=keep)
+            settled = settle.settle()
         gc.freeze()
     finally:
         gc.enable()
