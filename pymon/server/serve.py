@@ -40,6 +40,17 @@ def say(text: str) -> None:
         pass
 
 
+def _has_data(conn: socket.socket) -> bool:
+    """Something to read (a request, or EOF) on a non-blocking connection, now."""
+    try:
+        conn.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # _serve's read reports it
+    return True
+
+
 class Server:
     def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False) -> None:
         self.listener = listener
@@ -94,9 +105,11 @@ class Server:
                 if self.pending:
                     nearest = min(deadline for _, deadline in self.pending.values())
                     timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
+                signalled = False
                 for fd, _ in poller.poll(timeout):
                     if fd == self.wake_r:
                         self._drain_wakeups()
+                        signalled = True
                     elif fd == self.listener.fileno():
                         self._accept(poller)
                     elif fd in self.pending:
@@ -108,8 +121,10 @@ class Server:
                         self.rescuer.readable(fd)
                     if self.stopping:
                         break
-                self._expire(poller)
-                self._reap()
+                if self.pending:
+                    self._expire(poller)
+                if signalled:  # a child's exit always comes with SIGCHLD, and so here
+                    self._reap()
         finally:
             self.close()
         say(f"stopped: {self.served} monitors forked, {self.refused} requests refused, "
@@ -136,6 +151,10 @@ class Server:
                 say(f"accept failed: {e}")
                 return
             conn.setblocking(False)
+            if _has_data(conn):  # as usual: a launcher sends its request as it connects
+                with conn:
+                    self._serve(conn)
+                continue
             self.pending[conn.fileno()] = (conn, time.monotonic() + REQUEST_DEADLINE)
             poller.register(conn.fileno(), select.POLLIN)
 
