@@ -36,8 +36,14 @@ def set_pdeathsig(sig: int) -> None:
 
 # inotify event masks (linux/inotify.h), for callers of add_watch
 IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
 
 
 def inotify_init() -> int:

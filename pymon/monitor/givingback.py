@@ -25,17 +25,20 @@ FIRST = 1.0  # seconds
 LAST = 1000.0
 
 
-def start() -> bool:
-    """Arm the timer in a warm monitor whose server took a snapshot. Returns whether it is
-    armed (False: a cold monitor, or a server started with --no-snapshot)."""
+_armed = False
+
+
+def start() -> None:
+    """Arm the timer in a warm monitor whose server took a snapshot (not in a cold
+    monitor, nor under a server started with --no-snapshot)."""
+    global _armed
     try:
-        return _native.give_back_on_timer(FIRST, LAST)
+        _armed = _native.give_back_on_timer(FIRST, LAST)
     except OSError as e:
         log.debug("cannot give back copied pages: %s", e.strerror)
-        return False
 
 
-def stats() -> tuple[int, int, int]:
-    """For the SIGUSR1 report once `start` armed the timer: (passes, pages given back in
-    all, private copies kept at the last pass)."""
-    return _native.give_back_stats()
+def stats() -> tuple[int, int, int] | None:
+    """For the SIGUSR1 report: (passes, pages given back in all, private copies kept at
+    the last pass), or None when no timer is armed."""
+    return _native.give_back_stats() if _armed else None

@@ -74,12 +74,11 @@ class Monitor:
         self.oom = launched.oom  # set up right after the pid message (launch.py)
         self.timed_out = False
         self.recorded: int | None = None  # the status record_exit() returned
-        self.giving_back = False  # set by run(): the give-back timer is armed
 
     def state(self) -> State:
         """For the SIGUSR1 report."""
         return gather(self.l.container_pid, not self.reaper.exited.is_set(), self.relays,
-                      self.attach, self.sinks, givingback.stats() if self.giving_back else None)
+                      self.attach, self.sinks, givingback.stats())
 
     def _backpressure(self) -> Awaitable[None] | None:
         if self.attach is not None and self.attach.lagging():
@@ -262,7 +261,7 @@ def run(launched: Launched) -> int:
     still waited for and recorded, and M exits non-zero."""
     _native.keep_heap(trim_threshold=8 << 20, mmap_threshold=4 << 20)
     monitor = Monitor(launched)
-    monitor.giving_back = givingback.start()
+    givingback.start()
     try:
         status = trio.run(monitor.run)
     except Exception:  # noqa: BLE001 -- any error: logged, and the exit is still recorded

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             taken = snapshot.take()
             skipped = f", {taken.skipped} left as they were" if taken.skipped else ""
-            say(f"memory snapshot: {taken.copied_pages * 4096 >> 20} MiB in {taken.ranges} "
-                f"mappings{skipped}")
+            mib = taken.copied_pages * snapshot.PAGE >> 20
+            say(f"memory snapshot: {mib} MiB in {taken.ranges} mappings{skipped}")
         except OSError as e:
             say(f"no memory snapshot ({e.strerror or e}): monitors keep what they copy")
     if not args.no_ksm:

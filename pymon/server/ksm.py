@@ -3,7 +3,7 @@
 A warm monitor shares the server's pages until it writes to them; each monitor then holds
 its own copy of every page it wrote (reference counts, specialised bytecode, its own
 objects). It gives back those that hold what the server's snapshot holds
-(pymon/server/snapshot.py); ~3.5 MiB that differ stay. Monitors do the same work on the
+(pymon/server/snapshot.py); ~2.7 MiB that differ stay. Monitors do the same work on the
 same heap, so many of those are identical from one monitor to the next. Kernel samepage
 merging finds such pages and maps one copy, read-only, into every process that had one.
 

@@ -19,9 +19,9 @@ import sys
 from pymon import _native
 
 # Everything that can change a file's content or what a path names
-_WATCH = (0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800)
-# IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE,
-# IN_DELETE_SELF, IN_MOVE_SELF
+_WATCH = (_native.IN_MODIFY | _native.IN_ATTRIB | _native.IN_CLOSE_WRITE
+          | _native.IN_MOVED_FROM | _native.IN_MOVED_TO | _native.IN_CREATE | _native.IN_DELETE
+          | _native.IN_DELETE_SELF | _native.IN_MOVE_SELF)
 
 
 def _files() -> list[str]:

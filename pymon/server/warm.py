@@ -85,17 +85,20 @@ async def _relay_workload() -> None:
         listener.listen()
         attach = AttachServer(listener.detach(), None, False)
         sinks = Sinks([K8sFileLog("pymon-warm-log", log_fd)])
-        relay = Relay(r, b"stdout", sinks, attach.broadcast)
+        read, reads = trio.open_memory_channel[None](RELAY_CHUNKS)
+
+        def fanout(chunk: bytes, stream: bytes) -> None:
+            attach.broadcast(chunk, stream)
+            read.send_nowait(None)
+
+        relay = Relay(r, b"stdout", sinks, fanout)
         lines = b"warm %d\n" * 8
 
         async def write() -> None:
             nonlocal w
             for i in range(RELAY_CHUNKS):
-                chunk = lines % tuple(range(i, i + 8))
-                os.write(w, chunk)
-                relayed = relay.relayed + len(chunk)
-                while relay.relayed < relayed:  # one read per write: the pump loops
-                    await trio.lowlevel.checkpoint()
+                os.write(w, lines % tuple(range(i, i + 8)))
+                await reads.receive()  # one read per write: the pump loops
             os.close(w)
             w = -1
 

@@ -122,7 +122,8 @@ def _timer_pass(w: int) -> None:
                       if line.startswith("SigCgt:")).split()[1], 16) >> (sig - 1) & 1
     deadline = time.monotonic() + 10
     while _native.give_back_stats()[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the pass runs in the signal handler, whenever the timer fires
+        # no event to await: the pass runs in a C handler, which tells nothing but its counts
+        time.sleep(0.01)
     passes, given, kept = _native.give_back_stats()
     os.write(w, repr((before, armed, bool(caught), passes, given >= 1, kept >= 1,
                       _anon(start), _anon(start + PAGE), buf[0], buf[PAGE])).encode())
