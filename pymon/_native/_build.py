@@ -243,10 +243,24 @@ ffibuilder.set_source(
         return 0;
     }
 
+    /* Drop the private copies [start, end) and map the snapshot's pages there again at
+       once, read-only (MADV_POPULATE_READ, Linux 5.14+): a later read finds them mapped,
+       and only a write faults (one copy-on-write fault, as before the pass). Without it
+       every first access faulted, reads too: after a pass a container's exit took ~180
+       more faults on the way to its exit file. An older kernel leaves them unmapped. */
+    static int pymon_drop_run(unsigned long start, unsigned long end) {
+        if (madvise((void *)start, end - start, MADV_DONTNEED) < 0)
+            return -1;
+        (void)madvise((void *)start, end - start, MADV_POPULATE_READ);
+        return 0;
+    }
+
     /* Give back every private copy of a snapshot page that holds what the snapshot holds:
-       MADV_DONTNEED drops the copy, and the next access maps the shared page again.
+       MADV_DONTNEED drops the copy, and the snapshot's page is mapped there again.
        regions: n triples (start, end, offset in the snapshot). Returns the pages given
-       back (and *kept: the private copies that differ), or -errno. */
+       back (and *kept: the private copies that differ), or -errno. Equal neighbours are
+       dropped together: nothing writes to them between the comparison and the drop (the
+       monitor has one thread, and this runs in its signal handler or instead of it). */
     long pymon_give_back(const unsigned long *regions, int n, long *kept) {
         uint64_t e[BATCH];
         long dropped = 0, seen = 0;
@@ -259,7 +273,7 @@ ffibuilder.set_source(
             return -errno;
         for (i = 0; i < n; i++) {
             unsigned long start = regions[3 * i], end = regions[3 * i + 1];
-            unsigned long offset = regions[3 * i + 2], p = start;
+            unsigned long offset = regions[3 * i + 2], p = start, run = 0;
             while (p < end) {
                 size_t count = (end - p) / PAGE < BATCH ? (end - p) / PAGE : BATCH, k;
                 if (pread(pm, e, count * 8, (off_t)(p / PAGE * 8)) != (ssize_t)(count * 8)) {
@@ -269,14 +283,21 @@ ffibuilder.set_source(
                 }
                 for (k = 0; k < count; k++, p += PAGE) {
                     /* present, and an anonymous copy (not the file's page: bit 61) */
-                    if (!(e[k] >> 63 & 1) || (e[k] >> 61 & 1))
-                        continue;
-                    seen++;
-                    if (memcmp(pymon_view + offset + (p - start), (const void *)p, PAGE) == 0
-                        && madvise((void *)p, PAGE, MADV_DONTNEED) == 0)
-                        dropped++;
+                    int copy = (e[k] >> 63 & 1) && !(e[k] >> 61 & 1);
+                    int equal = copy && memcmp(pymon_view + offset + (p - start),
+                                               (const void *)p, PAGE) == 0;
+                    seen += copy;
+                    if (equal && !run)
+                        run = p;
+                    else if (!equal && run) {
+                        if (pymon_drop_run(run, p) == 0)
+                            dropped += (long)((p - run) / PAGE);
+                        run = 0;
+                    }
                 }
             }
+            if (run && pymon_drop_run(run, end) == 0)
+                dropped += (long)((end - run) / PAGE);
         }
         close(pm);
         *kept = seen - dropped;

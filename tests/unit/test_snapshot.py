@@ -47,21 +47,33 @@ def test_ranges_are_the_private_writable_mappings_but_the_stack() -> None:
     ]
 
 
-def _anon(addr: int) -> bool:
-    """Whether the page at addr is a private copy (present, not the file's page)."""
+def _entry(addr: int) -> int:
     fd = os.open("/proc/self/pagemap", os.O_RDONLY)
     try:
         (entry,) = struct.unpack("Q", os.pread(fd, 8, addr // PAGE * 8))
     finally:
         os.close(fd)
+    return int(entry)
+
+
+def _anon(addr: int) -> bool:
+    """Whether the page at addr is a private copy (present, not the file's page)."""
+    entry = _entry(addr)
     return bool(entry >> 63 & 1) and not entry >> 61 & 1
 
 
+def _shared(addr: int) -> bool:
+    """Whether the page at addr is mapped, and is the snapshot file's page."""
+    entry = _entry(addr)
+    return bool(entry >> 63 & 1) and bool(entry >> 61 & 1)
+
+
 def _snapshot_and_give_back(w: int) -> None:
-    """In a child: a buffer of known pages, the snapshot, a page written and written back,
-    a page changed; then what give_back does to each."""
-    buf = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    for i in range(4):
+    """In a child: a buffer of known pages, the snapshot, pages written and written back
+    (page 0, and pages 2-3 side by side), a page changed (1), one untouched (4); then what
+    give_back does to each."""
+    buf = mmap.mmap(-1, 5 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for i in range(5):
         buf[i * PAGE:(i + 1) * PAGE] = bytes([i + 1]) * PAGE
     addr = _native.ffi.cast("uintptr_t", _native.ffi.from_buffer(buf))
     start = int(addr)
@@ -71,29 +83,35 @@ def _snapshot_and_give_back(w: int) -> None:
         line.endswith(f"/memfd:{snapshot.NAME} (deleted)")
         and int(line.split("-")[0], 16) <= start < int(line.split("-")[1].split()[0], 16)
         for line in maps.splitlines())
-    same = all(buf[i * PAGE] == i + 1 for i in range(4))
-    buf[0] = 99  # page 0: written, then as it was (a reference count up and down)
-    buf[0] = 1
+    same = all(buf[i * PAGE] == i + 1 for i in range(5))
+    for i in (0, 2, 3):  # written, then as it was (a reference count up and down)
+        buf[i * PAGE] = 99
+        buf[i * PAGE] = i + 1
     buf[PAGE] = 42  # page 1: changed
-    copied = (_anon(start), _anon(start + PAGE), _anon(start + 2 * PAGE))
+    copied = tuple(_anon(start + i * PAGE) for i in range(5))
     given = _native.give_back()
-    after = (_anon(start), _anon(start + PAGE))
-    contents = (buf[0], buf[PAGE], buf[2 * PAGE], buf[PAGE + 1])
+    # before anything reads them: the pages given back are mapped again, the file's
+    shared = tuple(_shared(start + i * PAGE) for i in range(5))
+    after = tuple(_anon(start + i * PAGE) for i in range(5))
+    contents = tuple(buf[i * PAGE] for i in range(5)) + (buf[PAGE + 1],)
     os.write(w, repr((taken.ranges > 0, taken.skipped, backed, same, copied, given is not None
-                      and given[0] >= 1, after, contents)).encode())
+                      and given[0] >= 3, shared, after, contents)).encode())
 
 
 def test_snapshot_keeps_memory_and_give_back_drops_the_copies_that_match() -> None:
     out, status = in_child(_snapshot_and_give_back)
     assert status == 0, out
-    ok, skipped, backed, same, copied, gave, after, contents = literal_eval(out.decode())
+    ok, skipped, backed, same, copied, gave, shared, after, contents = literal_eval(
+        out.decode())
     assert ok and skipped == 0 and backed and same
     # written pages are private copies; an untouched one is still the file's
-    assert copied == (True, True, False)
+    assert copied == (True, True, True, True, False)
     assert gave
-    # the page written back is the snapshot's again; the changed one stays private
-    assert after == (False, True)
-    assert contents == (1, 42, 3, 2)
+    # the pages written back (one alone, two side by side) are the snapshot's again and
+    # mapped at once, so that reading them costs no fault; the changed one stays private
+    assert after == (False, True, False, False, False)
+    assert shared == (True, False, True, True, True)
+    assert contents == (1, 42, 3, 4, 5, 2)
 
 
 def _no_snapshot(w: int) -> None:
