@@ -58,7 +58,7 @@ class Reaper:
         with trio.open_signal_receiver(signal.SIGCHLD) as signals:
             task_status.started()
             self.sweep()  # children that exited before the receiver existed
-            if not self.exited.is_set() and not _is_child(self.container_pid):
+            if not self.exited.is_set() and not is_child(self.container_pid):
                 await self._watch_foreign()
                 return
             async for _ in signals:  # after the container, orphans: until cancelled
@@ -77,7 +77,8 @@ class Reaper:
         self._record(0)
 
 
-def _is_child(pid: int) -> bool:
+def is_child(pid: int) -> bool:
+    """Whether `pid` is our child, exited or not (not reaped yet)."""
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:

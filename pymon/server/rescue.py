@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 
 from pymon.exitfile import exit_status
+from pymon.reaper import is_child
 from pymon.server import cgroups, rescuewire
 from pymon.server.rescuewire import STATUS_SIZE, Job, describe
 from pymon.server.wire import Request
@@ -234,7 +235,7 @@ class Rescuer:
             code = exit_status(w.container_status)
         status_r = status_w = None
         if code is None:
-            if _is_child(cpid):
+            if is_child(cpid):
                 status_r, status_w = os.pipe2(os.O_CLOEXEC)
             else:  # reaped by the monitor, which died before it could say so
                 self._say(f"container {cid} (pid {cpid}) is gone and its status with it")
@@ -309,11 +310,3 @@ def _option(argv: list[bytes], *names: bytes) -> str:
             if arg.startswith(name + b"="):
                 return os.fsdecode(arg[len(name) + 1:])
     return "?"
-
-
-def _is_child(pid: int) -> bool:
-    try:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
