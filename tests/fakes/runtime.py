@@ -39,6 +39,8 @@ BEHAVIOURS = {
     "garbage-pidfile": 'open(pid_file, "w").write("not a pid"); sys.exit(0)',
     "ok-exit-5": SPAWN_CONTAINER + 'open(pid_file, "w").write(str(spawn_container(5))); sys.exit(0)',
     "long-message": 'sys.stderr.write("x" * 20000); sys.exit(1)',
+    # a "container" that is not the monitor's child: a process the test started
+    "foreign-pid": 'open(pid_file, "w").write(os.environ["FOREIGN_PID"]); sys.exit(0)',
     # what R was given, in <script>.seen (JSON), then a failed create
     "record": """
 seen = {"pid": os.getpid(), "listen_pid": os.environ.get("LISTEN_PID"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Launcher
-from tests.fakes.engine import PYMON, wait_pid_gone
+from tests.fakes.engine import PYMON, wait_for, wait_pid_gone
 from tests.fakes.runtime import calls, fake_runtime, runtime_pid
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,6 +67,44 @@ def test_sync_mode_monitor_exit_status_is_container_status(tmp_path: Path) -> No
                          capture_output=True, timeout=30)
     assert res.returncode == 5
     assert (tmp_path / "c").read_text() == "5"
+
+
+def test_a_container_that_is_not_the_monitors_child_is_recorded_when_it_dies(
+        launcher: Launcher, tmp_path: Path) -> None:
+    """A runtime that leaves the container to another process (here the test's own child):
+    the monitor cannot reap it, so it watches it with a pidfd and, once it is gone, writes
+    0, as conmon assumes; the main task must not wait for a reap that never comes."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        rt = fake_runtime(tmp_path, "foreign-pid")
+        session, paths = launcher.create(tmp_path, runtime=str(rt),
+                                         env=dict(os.environ, FOREIGN_PID=str(stranger.pid)))
+        assert session.wait_p0() == 0, session.p0_stderr
+        assert json.loads(session.read_sync())["data"] == stranger.pid
+        launcher.check_mode(session)
+        # Killed only once the monitor watches it (a pidfd among its fds): one that died
+        # before would be found gone by the reaper's first sweep, another path
+        wait_for(lambda: holds_pidfd(session.monitor_pid),
+                 what="the monitor watching its container through a pidfd")
+        assert not paths.exit_file.exists()  # the container lives
+        stranger.kill()
+        assert stranger.wait(10) == -signal.SIGKILL  # reaped here, by its parent
+        session.wait_monitor()
+        assert paths.exit_file.read_text() == "0"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def holds_pidfd(pid: int) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(fds / fd) == "anon_inode:[pidfd]":
+                return True
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return False
 
 
 def test_message_is_capped_at_one_packet(launcher: Launcher, tmp_path: Path) -> None:
