@@ -64,6 +64,27 @@ class Reaper:
             async for _ in signals:  # after the container, orphans: until cancelled
                 self.sweep()
 
+    async def wait(self) -> None:
+        """Until the container's exit is recorded. Our own child is reaped here, in the
+        caller's task, as soon as its pidfd wakes it: through SIGCHLD it takes three of
+        trio's rounds (the signal's callback, run's task, then the caller), each of which,
+        after a give-back, copies pages again while the exit file waits. Its pid cannot be
+        reused before we reap it, so the pidfd is the container's. A container that is not
+        our child is left to run()."""
+        if not self.exited.is_set() and is_child(self.container_pid):
+            try:
+                pidfd = os.pidfd_open(self.container_pid)
+            except OSError:
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
+                self.sweep()
+        if not self.exited.is_set():  # Event.wait would cost a round even when set
+            await self.exited.wait()
+
     async def _watch_foreign(self) -> None:
         try:
             pidfd = os.pidfd_open(self.container_pid)

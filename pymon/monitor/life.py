@@ -36,7 +36,7 @@ from pymon.logs import K8sFileLog, LogSink, Sinks
 from pymon.monitor import givingback
 from pymon.monitor.launched import Launched
 from pymon.notify import relay_notify
-from pymon.reaper import Reaper, forward_signals, is_child
+from pymon.reaper import Reaper, forward_signals
 from pymon.status import State, gather, report_on_sigusr1
 from pymon.stdio import Relay, pump
 
@@ -122,7 +122,7 @@ class Monitor:
                 if timeout < math.inf:  # armed when the pid was sent (§8.6), not now
                     timeout = max(0.0, timeout - (time.monotonic() - self.l.pid_sent_at))
                 with trio.move_on_after(timeout) as timer:
-                    await self._container_exit()
+                    await self.reaper.wait()
                 if timer.cancelled_caught:
                     self.timed_out = True
                     # unlike conmon, nothing of it is left running or unreaped (proctree)
@@ -159,29 +159,6 @@ class Monitor:
         if self.stdin is not None:
             self.stdin.close()
         return self._status()
-
-    async def _container_exit(self) -> None:
-        """Until the container has exited and its status is recorded. This task reaps it
-        itself, woken by a pidfd: the reaper's SIGCHLD path takes three of trio's rounds
-        (the signal's callback, the reaper's task, then this one), each of which, after a
-        give-back, copies pages again, and the exit file waits for all of them.
-        Only for our own child: its pid cannot be reused before we reap it, so the pidfd
-        is the container's. Any other case is the reaper's alone."""
-        pidfd = None
-        if is_child(self.l.container_pid):
-            try:
-                pidfd = os.pidfd_open(self.l.container_pid)
-            except OSError:
-                pass
-        if pidfd is not None:
-            try:
-                if not self.reaper.exited.is_set():
-                    await trio.lowlevel.wait_readable(pidfd)
-                    self.reaper.sweep()
-            finally:
-                os.close(pidfd)
-        if not self.reaper.exited.is_set():  # not our child: the reaper's pidfd says 0
-            await self.reaper.exited.wait()
 
     def _status(self) -> int:
         if self.timed_out:
