@@ -141,20 +141,31 @@ _WAITING_SYSCALLS = frozenset((232, 281, 441, 7, 271))
 def sigkill_when_idle(pid: int, timeout: float = 10) -> None:
     """SIGKILL a monitor while it waits for the container's output, not between reading a
     chunk and writing it (that chunk would be lost with it: no monitor can keep it). The
-    relay reads and writes with no wait in between, so a monitor blocked in epoll_wait
-    holds nothing. There is no event for "blocked in a syscall": /proc/PID/syscall is
-    polled, bounded by `timeout`."""
+    relay reads and writes with no wait in between, so a monitor in epoll_wait holds
+    nothing. It is stopped (SIGSTOP) before /proc/PID/syscall is read, so that what that
+    says still holds at the SIGKILL: a monitor that was only seen waiting could wake, read
+    and be killed before it wrote. Stopped anywhere else, it is let go on (SIGCONT) and
+    tried again. There is no event for "blocked in a syscall": bounded by `timeout`."""
     import platform
 
     deadline = time.monotonic() + timeout
     while platform.machine() == "x86_64":
         try:
+            os.kill(pid, signal.SIGSTOP)
+            while _state(pid) not in ("T", "t"):  # a stop is delivered in microseconds
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"process {pid} did not stop within {timeout}s")
             nr = Path(f"/proc/{pid}/syscall").read_text().split()[0]
         except (OSError, IndexError):
             break  # gone or unreadable: kill it as it is
         if nr.isdigit() and int(nr) in _WAITING_SYSCALLS:
             break
+        os.kill(pid, signal.SIGCONT)
         if time.monotonic() > deadline:
             raise TimeoutError(f"process {pid} was never idle within {timeout}s")
         os.sched_yield()
     os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
