@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs, runc_spec, write_bundle
-from tests.fakes.engine import Session, kill_if_alive
+from tests.fakes.engine import Session, kill_if_alive, ppid
 from tests.fakes.server import WarmServer
 
 
@@ -143,14 +143,6 @@ class Paths:
         self.exits = bundle / "exits"
         self.exit_file = self.exits / cid
         self.log = bundle / "ctr.log"
-
-
-def ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rpartition(")")[2].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.engine import wait_pid_gone
+from tests.fakes.engine import ppid, wait_pid_gone
 from tests.fakes.server import WarmServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +129,10 @@ class MonitorUnderTest:
     def pids(self, needle: str = "") -> set[int]:
         """Running monitors, optionally only those whose argv holds `needle` (a container
         id, "-c ID"): processes whose cmdline names the entry point (cold monitors, and
-        launchers), and in warm mode the server's children, by their launcher's argv."""
+        launchers), and in warm mode the server's children, by their launcher's argv.
+        A child of a monitor is not one: until it execs it shows the monitor's argv (the
+        runtime, the exit command, and in a cold monitor the `ldconfig -p` that trio's
+        import runs through ctypes.util.find_library)."""
         out = set()
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == os.getpid():
@@ -153,7 +156,7 @@ class MonitorUnderTest:
                 argvs = argvs if argvs is not None and launcher in argvs else self.launcher_argvs()
                 if needle in argvs.get(launcher, needle):
                     out.add(child)
-        return out
+        return {pid for pid in out if ppid(pid) not in out}
 
 
     def left(self, needle: str, timeout: float = 5) -> set[int]:

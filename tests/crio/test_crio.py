@@ -60,8 +60,20 @@ def read_until(fd: int, pattern: bytes, timeout: float = 20) -> bytes:
 def the_monitor(rig: Rig, cid: str) -> int:
     """The one pymon monitor process watching container `cid`."""
     pids = rig.monitor.pids(f"-c {cid}")
-    assert len(pids) == 1, (cid, pids)
+    assert len(pids) == 1, (cid, {pid: describe(pid) for pid in pids})
     return pids.pop()
+
+
+def describe(pid: int) -> str:
+    """A process as /proc shows it, for a failure message."""
+    try:
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
+    except OSError as e:
+        return f"gone ({e.strerror})"
+    return (f"ppid {status.get('PPid')} state {status.get('State')} "
+            f"name {status.get('Name')} threads {status.get('Threads')} cmdline {cmdline!r}")
 
 
 def assert_crio_create_argv(argv: list[str], cid: str) -> None:

@@ -94,6 +94,15 @@ def _recv(sock: socket.socket, timeout: float) -> bytes:
     return sock.recv(65536)
 
 
+def ppid(pid: int) -> int | None:
+    """`pid`'s parent, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def wait_pid_gone(pid: int, timeout: float) -> None:
     try:
         fd = os.pidfd_open(pid)

@@ -21,9 +21,9 @@ from pymon.entrypoint import import_roots
 from pymon.launcher.build import build, compiler
 from pymon.oom import is_cgroup2
 from pymon.signals import STRAY
-from tests.conftest import Bundles, Launcher, ppid
+from tests.conftest import Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import PYMON, sigkill_when_idle, wait_for
+from tests.fakes.engine import PYMON, ppid, sigkill_when_idle, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 

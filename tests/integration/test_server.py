@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pymon import handover
-from tests.conftest import RUNC, Bundles, Launcher, ppid
-from tests.fakes.engine import Session, wait_for
+from tests.conftest import RUNC, Bundles, Launcher
+from tests.fakes.engine import Session, ppid, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 

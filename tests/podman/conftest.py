@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs
-from tests.fakes.engine import wait_pid_gone
+from tests.fakes.engine import ppid, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
 from tests.fakes.journal import available as journald_available
 from tests.fakes.server import WarmServer
@@ -157,7 +157,7 @@ class Monitors:
         the monitor's command line: the runtime, the exit command, or the `ldconfig -p`
         that importing trio spawns through ctypes.util.find_library)."""
         pids = self.pids()
-        return {pid for pid in pids if _ppid(pid) not in pids}
+        return {pid for pid in pids if ppid(pid) not in pids}
 
     def wait_until(self, expected: set[int], timeout: float = 20) -> set[int]:
         """Wait (pidfds) until the running monitors are exactly `expected`; returns what is
@@ -201,7 +201,7 @@ class Monitors:
         if warm is None:
             warm = self.server is not None
         if warm:
-            assert self.server is not None and _ppid(pid) == self.server.pid, \
+            assert self.server is not None and ppid(pid) == self.server.pid, \
                 f"{pid} is not the server's child: {self.describe({pid})}"
             return
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
@@ -211,13 +211,6 @@ class Monitors:
         args = argv_s[4:]
         assert args[args.index("-c") + 1] == cid
         assert args[args.index("-u") + 1] == (session or cid)
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @pytest.fixture(scope="session")

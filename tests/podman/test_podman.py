@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import RUNC
-from tests.fakes.engine import sigkill_when_idle, wait_pid_gone
+from tests.fakes.engine import ppid, sigkill_when_idle, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
-from tests.podman.conftest import IMAGE, LIMITS, Monitors, Podman, _ppid, podman_available, runc_leftovers
+from tests.podman.conftest import IMAGE, LIMITS, Monitors, Podman, podman_available, runc_leftovers
 
 pytestmark = [pytest.mark.podman,
               pytest.mark.skipif(not podman_available(),
@@ -88,7 +88,7 @@ def assert_pymon_monitors(podman: Podman, monitors: Monitors, cid: str) -> int:
     monitors.assert_is_monitor(pid, cid, warm=monitors.server is not None and not podman.prefix)
     ctr = int(podman.inspect(cid, "{{.State.Pid}}"))
     if ctr > 0:
-        assert _ppid(ctr) == pid, f"container {ctr}'s parent is not monitor {pid}"
+        assert ppid(ctr) == pid, f"container {ctr}'s parent is not monitor {pid}"
     return pid
 
 
@@ -853,10 +853,10 @@ def test_restart_on_failure(podman: Podman, monitors: Monitors) -> None:
     podman.wait_for("second-time", "{{.RestartCount}} {{.State.Status}}", "1 running", timeout=40)
     podman.wait_logs("second-time", b"first\nsecond\n")
     monitor = assert_pymon_monitors(podman, monitors, cid)
-    ppid = int(Path(f"/proc/{monitor}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    parent_argv = Path(f"/proc/{ppid}/cmdline").read_bytes()
-    assert str(monitors.entry).encode() not in parent_argv, (ppid, parent_argv[:300])
-    assert ppid not in monitors.pids()
+    parent = ppid(monitor)
+    parent_argv = Path(f"/proc/{parent}/cmdline").read_bytes()
+    assert str(monitors.entry).encode() not in parent_argv, (parent, parent_argv[:300])
+    assert parent not in monitors.pids()
 
 
 # --- 12. many containers at once --------------------------------------------------------------
