@@ -10,22 +10,27 @@ server decodes it with msgspec into a validated struct (pymon/server/wire.py).
 
 The conversation on one SOCK_SEQPACKET connection (one message per packet):
 
-    launcher -> server   REQUEST with SCM_RIGHTS: the launcher's fds, in REQUEST.fds order
-    server   -> launcher ["ready", 0, ""]                 or ["refused", 0, reason]
-    launcher -> monitor  GO                              (or close: nothing has happened)
+    launcher -> server   REQUEST with SCM_RIGHTS: the launcher's fds, in REQUEST.fds order,
+                         then the read end of its token pipe
+    server   -> launcher ["refused", 0, reason]          no monitor: the launcher runs cold
     monitor  -> launcher ["detached", pid, ""]           not --sync: write the conmon
                                                           pidfile and exit 0
                          ["running", pid, ""]            --sync: wait for "exited"
                          ["exited", status, ""]          the launcher exits with status
 
-"ready" promises only that the request was accepted and a monitor process is being forked
-to wait for GO (the server answers first and forks after, so that the fork is not inside
-the launcher's 2 ms; its pid, unknown then, is 0, and comes with "detached" or "running").
-Until GO is sent the launcher may still give up (too slow, say) and run the cold path, and
-the waiting process then leaves without having touched anything of the launcher's. After
-GO the launcher is committed: the monitor may have read the start pipe. A fork that fails
-after "ready" closes the connection: a committed launcher reports that the monitor ended
-before reporting its state, and exits 1.
+Who owns the invocation is decided by the token, not by a message: the launcher writes one
+byte (TOKEN) into a pipe of its own and sends the read end with the request. The server
+reads it, non-blocking, once the request has passed its checks, and forks the monitor only
+if it got the byte; the monitor then starts at once. The launcher, if no message has come
+when its 2 ms budget runs out, reads the byte itself: if it gets it, it runs cold, and the
+server, reading nothing, forks nothing; if the byte is gone, the server took it, and the
+launcher is committed and waits for the monitor. One read of one byte: exactly one side
+wins, and nobody waits for the other, so the monitor's start costs no round trip (an
+answer and a GO took one before, a wake-up each way; ~5 ms on this VM in a slow hour).
+"refused" always means that no monitor exists, so the launcher runs cold even when it
+comes after the server took the token (a fork that failed). The monitor's pid comes with
+"detached" or "running"; a connection that closes before either, once the launcher is
+committed, ends it with an error (exit 1), as conmon's does when its child dies.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-PROTOCOL = 1
+PROTOCOL = 2
 # SCM_RIGHTS carries at most 253 fds per message (SCM_MAX_FD); more is refused and the
 # launcher runs cold, where any number of preserved fds works.
 MAX_FDS = 250
@@ -46,9 +51,8 @@ MAX_REQUEST = 200_000
 MAX_REPLY = 4096
 # Linux's resource limits are numbered 0..15 (RLIMIT_NLIMITS); Python does not export it.
 RLIMIT_COUNT = 16
-GO = b"go"
+TOKEN = b"t"
 
-READY = "ready"
 REFUSED = "refused"
 DETACHED = "detached"
 RUNNING = "running"
@@ -212,3 +216,4 @@ def decode_reply(data: bytes) -> tuple[str, int, str]:
     if pos != len(data):
         raise ValueError("trailing bytes in reply")
     return kind, value, text
+

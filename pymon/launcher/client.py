@@ -2,10 +2,10 @@
 
 The server forks a monitor that takes over argv, environment, cwd, umask, rlimits, signal
 state and the fds at their numbers (pymon/handover.py has the conversation). Until the
-server has answered "ready" and we have sent GO, any problem (no socket, refused, a stale
-socket file, a version mismatch, no answer within the budget) means the cold path: `serve`
-returns the reason. After GO we are committed and only relay the outcome: write the conmon
-pidfile and exit 0, or, with --sync, wait for the monitor's status while forwarding signals.
+server has taken our token, any problem (no socket, refused, a stale socket file, a
+version mismatch, no taker within the budget) means the cold path: `serve` returns the
+reason. Once it has, we are committed and only relay the outcome: write the conmon pidfile
+and exit 0, or, with --sync, wait for the monitor's status while forwarding signals.
 
 Import-light like the cold path (`_socket`, `_signal`, `array`): it runs before it.
 """
@@ -22,8 +22,8 @@ from pymon import handover
 from pymon.cli import VERSION
 from pymon.exitfile import write_atomic
 
-# How long the server may take to say "ready" (from connect). A slower server costs more
-# than it saves: the cold path then runs instead. Tests on a loaded machine raise it.
+# How long the server may take to take the token (from connect). A slower server costs
+# more than it saves: the cold path then runs instead. Tests on a loaded machine raise it.
 BUDGET_MS = 2.0
 # Signals a --sync launcher passes on to its monitor, as if they had been sent to it.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -31,7 +31,8 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signa
 
 
 class Committed(Exception):
-    """Raised inside `serve` once GO is sent: the launcher's exit status is `status`."""
+    """Raised inside `serve` once the server took the token: the launcher's exit status
+    is `status`."""
 
     def __init__(self, status: int) -> None:
         super().__init__(status)
@@ -107,24 +108,30 @@ def serve(argv: list[str], fds: tuple[int, ...]) -> str:
             return f"cannot describe this process: {e.strerror or e}"
         if len(data) > handover.MAX_REQUEST:
             return f"request of {len(data)} bytes is over {handover.MAX_REQUEST}"
+        token, token_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                   array.array("i", fds).tobytes())])
-        except OSError as e:
-            return f"sending the request: {e.strerror or e}"
-        reply = _receive(sock, deadline)
-        if reply is None:
-            return f"no answer within {budget * 1000:g} ms"
-        kind, value, text = reply
-        if kind == handover.REFUSED:
-            return f"refused: {text}"
-        if kind != handover.READY:
-            return f"unexpected reply {kind!r}"
-        try:
-            sock.send(handover.GO)
-        except OSError as e:
-            return f"sending GO: {e.strerror or e}"
-        raise Committed(_follow(sock, value))
+            os.write(token_w, handover.TOKEN)
+            os.close(token_w)
+            try:
+                sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                       array.array("i", (*fds, token)).tobytes())])
+            except OSError as e:
+                return f"sending the request: {e.strerror or e}"
+            reply = _receive(sock, deadline)
+            if reply is not None and reply[0] == handover.REFUSED:
+                return f"refused: {reply[2]}"
+            if reply is None:
+                try:
+                    if os.read(token, 1) == handover.TOKEN:  # ours: the server forks nothing
+                        return f"no answer within {budget * 1000:g} ms"
+                except BlockingIOError:
+                    pass  # the server took it: a monitor is coming
+            outcome = _follow(sock, reply)
+            if isinstance(outcome, str):
+                return outcome
+            raise Committed(outcome)
+        finally:
+            os.close(token)
     finally:
         sock.close()
 
@@ -158,13 +165,17 @@ def _receive(sock: _socket.socket, deadline: float | None) -> tuple[str, int, st
             return None
 
 
-def _follow(sock: _socket.socket, pid: int) -> int:
-    """After GO: relay what the monitor says; returns the launcher's exit status."""
+def _follow(sock: _socket.socket, first: tuple[str, int, str] | None) -> int | str:
+    """Once the server took the token: relay what the monitor says (starting with `first`,
+    if it came already); returns the launcher's exit status, or, if the server refuses
+    after all (its fork failed: no monitor exists), the reason, for the cold path."""
     forwarding = False
+    pid = 0
+    reply = first
     while True:
-        reply = _receive(sock, None)
         if reply is None:
-            # pid: the running monitor's, or 0 when the server answered before forking
+            reply = _receive(sock, None)
+        if reply is None:
             who = f"monitor {pid}" if pid > 0 else "the monitor"
             if forwarding:
                 _error(f"{who} ended without reporting an exit status")
@@ -172,6 +183,9 @@ def _follow(sock: _socket.socket, pid: int) -> int:
                 _error(f"{who} ended before it took over")
             return 1
         kind, value, text = reply
+        reply = None
+        if kind == handover.REFUSED and not forwarding:
+            return f"refused: {text}"
         if kind == handover.DETACHED:
             if value <= 0:
                 _error(f"bad monitor pid {value}")

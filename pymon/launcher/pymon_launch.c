@@ -4,7 +4,7 @@
  * program hands the invocation (argv, environment, cwd, umask, fds, rlimits,
  * oom_score_adj, nice, signal state, pid) to a warm `pymon-server` over a unix
  * SOCK_SEQPACKET socket and lets the monitor the server forks do the work. When no server
- * answers within 2 ms it execs the cold path: the Python interpreter running
+ * takes it within 2 ms (or one refuses it) it execs the cold path: the Python interpreter running
  * pymon.launcher.main, with the environment and fds exactly as they were given to us.
  *
  * The wire format and the conversation are specified in pymon/handover.py; the request
@@ -17,7 +17,7 @@
  *   BOOTSTRAP      the -c program of the cold path (the entry point script's lines)
  *   PYMON_VERSION  pymon's version, sent in the request
  *
- * PYMON_SERVER_BUDGET_MS in the environment changes the 2 ms budget for "ready", as it
+ * PYMON_SERVER_BUDGET_MS in the environment changes the 2 ms budget, as it
  * does for the Python launcher (pymon/launcher/client.py): tests on a loaded machine.
  */
 #define _GNU_SOURCE
@@ -55,7 +55,7 @@
 #define BUDGET_US 2000 /* the budget for deciding warm or cold, from connect */
 
 /* pymon/handover.py */
-#define PROTOCOL 1
+#define PROTOCOL 2
 #define MAX_FDS 250
 #define MAX_REQUEST 200000
 #define MAX_REPLY 4096
@@ -442,23 +442,24 @@ static const char *build_request(char **argv)
     return req_overflow ? "request too large" : NULL;
 }
 
-static int send_request(int sock)
+static int send_request(int sock, int token)
 {
     static union {
-        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+        char buf[CMSG_SPACE(sizeof(int) * (MAX_FDS + 1))];
         struct cmsghdr align;
     } control;
+    int all[MAX_FDS + 1];
+    memcpy(all, fds, sizeof(int) * (size_t)nfds);
+    all[nfds] = token;
     struct iovec iov = {.iov_base = req, .iov_len = req_len};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-    }
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)(nfds + 1));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)(nfds + 1));
+    memcpy(CMSG_DATA(c), all, sizeof(int) * (size_t)(nfds + 1));
     ssize_t n;
     do
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
@@ -537,8 +538,8 @@ static __attribute__((noreturn)) void fail(const char *fmt, ...)
     exit(1);
 }
 
-/* "monitor PID", or "the monitor" while its pid is not known (the server answers "ready"
- * before it forks, with 0) */
+/* "monitor PID", or "the monitor" while its pid is not known (it comes with "detached" or
+ * "running") */
 static const char *who(int64_t pid)
 {
     static char buf[40];
@@ -548,9 +549,12 @@ static const char *who(int64_t pid)
     return buf;
 }
 
-/* After GO: the monitor owns the invocation; this process only reports its outcome. */
-static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monitor)
+/* Once the server has taken the token: the monitor owns the invocation, and this process
+ * only reports its outcome. Returns only if the server refuses after all (its fork
+ * failed: no monitor exists), with the reason, for the cold path. */
+static const char *committed(int sock, int sfd)
 {
+    static char why[MAX_REPLY + 32];
     int64_t running = 0; /* the monitor's pid once it said "running" */
     /* no exec follows any more: a closed stderr must not turn an exit status into a
      * death by SIGPIPE */
@@ -576,9 +580,14 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
         if (got == 0 && running)
             fail("%s ended without reporting an exit status", who(running));
         if (got == 0)
-            fail("%s ended before reporting its state", who(monitor));
+            fail("%s ended before reporting its state", who(0));
         if (got < 0)
-            fail("malformed reply from %s", who(running ? running : monitor));
+            fail("malformed reply from %s", who(running));
+        if (!running && is_kind(&r, "refused")) {
+            snprintf(why, sizeof why, "refused: %.*s", (int)(r.text_len > 80 ? 80 : r.text_len),
+                     r.text);
+            return why;
+        }
         if (is_kind(&r, "exited"))
             exit((int)r.value);
         if (!running && is_kind(&r, "detached") && is_pid(r.value)) {
@@ -596,8 +605,7 @@ static __attribute__((noreturn)) void committed(int sock, int sfd, int64_t monit
             running = r.value;
             continue;
         }
-        fail("unexpected reply \"%.*s\" from %s", (int)r.kind_len, r.kind,
-             who(running ? running : monitor));
+        fail("unexpected reply \"%.*s\" from %s", (int)r.kind_len, r.kind, who(running));
     }
 }
 
@@ -641,18 +649,35 @@ int main(int argc, char **argv)
         close(sock);
         run_cold(argc, argv, why);
     }
-    if (send_request(sock)) {
+    /* The token: one byte in a pipe whose read end goes with the request. Whoever reads it
+     * decides: the server, before it forks the monitor, or this process, when the budget
+     * has run out, before it runs cold. */
+    int token[2];
+    if (pipe2(token, O_CLOEXEC | O_NONBLOCK) || write(token[1], "t", 1) != 1) {
         close(sock);
+        run_cold(argc, argv, "cannot make the token");
+    }
+    close(token[1]);
+    /* Queue the forwarded signals from now on: the monitor may start at any moment */
+    sigset_t set, old;
+    forwarded(&set);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0 || send_request(sock, token[0])) {
+        if (sfd >= 0)
+            close(sfd);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        close(sock);
+        close(token[0]);
         run_cold(argc, argv, "cannot send the request");
     }
-
-    /* the first reply, within what is left of the budget */
-    struct reply r;
-    int got = 0, ready = 0;
+    /* The first message, within the budget. "refused": no monitor, run cold. Anything
+     * else is the monitor's: the server took the token. None by the deadline (or an EOF,
+     * or a malformed message): the token decides. */
     for (;;) {
         struct pollfd pfd = {.fd = sock, .events = POLLIN};
         int64_t left = deadline - now_us();
-        if (left < 0) /* still look once: the reply may be there already */
+        if (left < 0) /* still look once: the message may be there already */
             left = 0;
         struct timespec ts = {left / 1000000, left % 1000000 * 1000};
         int n = ppoll(&pfd, 1, &ts, NULL);
@@ -663,43 +688,32 @@ int main(int argc, char **argv)
             reason = why;
             break;
         }
-        got = recv_reply(sock, &r);
-        if (got == 0)
-            reason = "the server closed the connection";
-        else if (got < 0)
-            reason = "malformed reply";
-        else if (is_kind(&r, "ready") && (r.value == 0 || is_pid(r.value)))
-            ready = 1; /* 0: the server answers before it forks the monitor */
-        else {
-            snprintf(why, sizeof why, "%.*s: %.*s", (int)r.kind_len, r.kind,
-                     (int)(r.text_len > 80 ? 80 : r.text_len), r.text);
+        static unsigned char peek[MAX_REPLY + 1];
+        struct reply r;
+        ssize_t got;
+        do /* peeked: committed() reads it */
+            got = recv(sock, peek, sizeof peek, MSG_PEEK | MSG_TRUNC);
+        while (got < 0 && errno == EINTR);
+        if (got > 0 && (size_t)got <= MAX_REPLY && !decode_reply(peek, (size_t)got, &r)) {
+            if (!is_kind(&r, "refused")) {
+                reason = committed(sock, sfd);
+                goto cold;
+            }
+            snprintf(why, sizeof why, "refused: %.*s", (int)(r.text_len > 80 ? 80 : r.text_len),
+                     r.text);
             reason = why;
+            goto cold;
         }
+        reason = got == 0 ? "the server closed the connection" : "malformed reply";
         break;
     }
-    if (!ready) {
-        close(sock);
-        run_cold(argc, argv, reason);
-    }
-    int64_t monitor = r.value;
-
-    /* Queue the forwarded signals from before GO: a signal arriving between GO and
-     * "running" must not kill this process (podman's --sync waits on it) nor be lost. */
-    sigset_t set, old;
-    forwarded(&set);
-    sigprocmask(SIG_BLOCK, &set, &old);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    ssize_t sent;
-    do
-        sent = sfd < 0 ? -1 : send(sock, "go", 2, MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
-    if (sent != 2) {
-        /* GO not delivered: the monitor has done nothing, so cold is still safe */
-        if (sfd >= 0)
-            close(sfd);
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        close(sock);
-        run_cold(argc, argv, "the monitor went away before go");
-    }
-    committed(sock, sfd, monitor);
+    char byte;
+    if (read(token[0], &byte, 1) != 1) /* gone: the server took it, a monitor is coming */
+        reason = committed(sock, sfd);
+cold:
+    close(token[0]);
+    close(sfd);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    close(sock);
+    run_cold(argc, argv, reason);
 }

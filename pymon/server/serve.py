@@ -15,6 +15,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -50,6 +51,17 @@ def _has_data(conn: socket.socket) -> bool:
         return True  # _serve's read reports it
     return True
 
+
+
+def take_token(fd: int) -> bool:
+    """Read a launcher's token (handover.py) without waiting: True if the server took it.
+    The pipe is the launcher's, so it is made non-blocking here: a blocking one whose
+    writer keeps it open and empty would otherwise stall the server."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1) == handover.TOKEN
+    except BlockingIOError:
+        return False
 
 class Server:
     def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False) -> None:
@@ -196,16 +208,29 @@ class Server:
             self.debug(f"refused: {e}")
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
             return
-        # Answered before the fork (~0.9 ms here): the launcher's 2 ms budget then holds
-        # only the request's checks. The monitor reads GO when it comes; the pid follows
-        # with "detached" or "running" (handover.py).
-        self._reply(conn, handover.encode_reply(handover.READY, 0))
+        # The launcher's token decides, not an answer: whoever reads its byte first owns
+        # the invocation (handover.py). Taking it commits the launcher with no message to
+        # wake it, and the monitor starts at once, with no GO to wait for.
+        token = received.pop()
+        try:
+            took = take_token(token)
+            why = "the launcher ran cold first (its budget ran out)"
+        except OSError as e:
+            took, why = False, f"the token cannot be read: {e.strerror}"
+        finally:
+            os.close(token)
+        if not took:  # no monitor: "refused" is true, and a launcher gone cold ignores it
+            for fd in received:
+                os.close(fd)
+            self.debug(f"launcher {peer}: {why}")
+            self._reply(conn, handover.encode_reply(handover.REFUSED, 0, why))
+            return
         try:
             pid = self._fork(req, conn, received)
         except Rejected as e:
-            # Too late to refuse: the launcher may have sent GO. Closing the connection
-            # (the caller does) tells a committed launcher that the monitor never came.
+            # No monitor exists, so "refused" is still true: the launcher runs cold
             say(f"could not fork a monitor for launcher {peer}: {e}")
+            self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
             return
         finally:
             for fd in received:
@@ -219,10 +244,10 @@ class Server:
         try:
             conn.send(data)
         except OSError:
-            pass  # the launcher gave up; a monitor still waiting for GO sees EOF and leaves
+            pass  # the launcher is gone: it will not run cold either way
 
     def _receive(self, conn: socket.socket, received: list[int]) -> tuple[Request, int]:
-        fd_space = socket.CMSG_SPACE(handover.MAX_FDS * 4)
+        fd_space = socket.CMSG_SPACE((handover.MAX_FDS + 1) * 4)  # and the token
         try:
             data, ancdata, flags, _ = conn.recvmsg(handover.MAX_REQUEST + 1, fd_space)
         except OSError as e:
@@ -241,7 +266,14 @@ class Server:
         pid, uid, gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                      _CRED.size))
         self.me.check_peer(pid, uid, gid)
-        req = decode_request(data, len(received))
+        if not received:
+            raise Rejected("no token came with the request")
+        req = decode_request(data, len(received) - 1)  # the last fd is the token
+        try:
+            if not stat.S_ISFIFO(os.fstat(received[-1]).st_mode):
+                raise Rejected("the token is not a pipe")
+        except OSError as e:
+            raise Rejected(f"the token cannot be read: {e.strerror}") from None
         if req.version != VERSION:
             self._check_code()
             raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")

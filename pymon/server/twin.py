@@ -1,12 +1,12 @@
 """In a monitor forked by the server: become the launcher's twin, then run the monitor.
 
-Before GO nothing of the launcher's is touched except what it sent us: we install its fds
-at their numbers (closing every fd of the server's), its environment, cwd, umask, rlimits,
-nice value, oom_score_adj and signal state, then wait for GO. After GO we run what the cold
-path runs (prepare, the start pipe), join the launcher's cgroups before forking anything,
-and tell the launcher to go (it writes the conmon pidfile) or, with --sync, to wait for our
-exit status. A failure to mirror the launcher is reported on the sync pipe once we know it,
-as the cold monitor's set-up failures are, and M exits 1.
+The server forked us after taking the launcher's token (handover.py): the invocation is
+ours. We install the launcher's fds at their numbers (closing every fd of the server's),
+its environment, cwd, umask, rlimits, nice value, oom_score_adj and signal state, then run
+what the cold path runs (prepare, the start pipe), join the launcher's cgroups before
+forking anything, and tell the launcher to go (it writes the conmon pidfile) or, with
+--sync, to wait for our exit status. A failure to mirror the launcher is reported on the
+sync pipe once we know it, as the cold monitor's set-up failures are, and M exits 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import fcntl
 import gc
 import os
 import resource
-import select
 import time
 
 from pymon import handover, logformat, procattrs, sync
@@ -141,14 +140,6 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
     # No at-fork hook has run (the server forks with _native.fork): random is not
     # reseeded, so siblings share its sequence; pymon takes its names from os.urandom
     problem = _process_state(req)
-    try:  # the connection is non-blocking (shared with the server's loop): poll
-        poller = select.poll()
-        poller.register(conn, select.POLLIN)
-        poller.poll()
-        if os.read(conn, 16) != handover.GO:
-            return 0  # the launcher went cold: nothing has happened
-    except OSError:
-        return 0
     begin()
     inv = Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
                      os.fsdecode(req.cwd), req.umask, tuple(fd for fd in req.fds if fd > 2))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.engine import ppid, wait_pid_gone
+from tests.fakes.engine import children, ppid, wait_pid_gone
 from tests.fakes.server import WarmServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,14 +182,6 @@ def read_launches(path: Path) -> dict[int, str]:
         pid, _, argv = line.partition(" ")
         out[int(pid)] = argv
     return out
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 @pytest.fixture(scope="session", params=MODES)

@@ -103,6 +103,15 @@ def ppid(pid: int) -> int | None:
         return None
 
 
+def children(pid: int) -> list[int]:
+    """`pid`'s children (its main thread's), none once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
 def wait_pid_gone(pid: int, timeout: float) -> None:
     try:
         fd = os.pidfd_open(pid)

@@ -17,18 +17,34 @@ from pymon.server.wire import Request, decode_request
 TIMEOUT = 10.0  # seconds any single step may take before the test fails
 
 
-@dataclass(frozen=True)
+@dataclass
 class Received:
+    """One launcher's connection, as the test drives it (closing what it holds)."""
+
     conn: socket.socket
     raw: bytes
     request: Request
     fds: list[int]  # ours now, in request.fds order; closed by `close` or `drop_fds`
+    token: int  # the read end of the launcher's token pipe (handover.py)
 
     def reply(self, kind: str, value: int = 0, text: str = "") -> None:
         self.conn.send(handover.encode_reply(kind, value, text))
 
-    def expect_go(self) -> None:
-        assert self.conn.recv(16) == handover.GO
+    def take_token(self) -> None:
+        """Commit the launcher, as the server does before it forks the monitor."""
+        assert self._read_token() == handover.TOKEN, "the launcher took its token already"
+
+    def token_left(self) -> bool:
+        """Whether the token was still in the pipe (the launcher had not taken it); takes
+        it if so."""
+        return self._read_token() == handover.TOKEN
+
+    def _read_token(self) -> bytes:
+        os.set_blocking(self.token, False)
+        try:
+            return os.read(self.token, 1)
+        except BlockingIOError:
+            return b""
 
     def drop_fds(self) -> None:
         """Close the launcher's fds (they include its stdout and stderr pipes: a test
@@ -38,6 +54,9 @@ class Received:
 
     def close(self) -> None:
         self.drop_fds()
+        if self.token >= 0:
+            os.close(self.token)
+            self.token = -1
         self.conn.close()
 
 
@@ -55,7 +74,8 @@ class FakeServer:
         raw, fds, flags, _ = socket.recv_fds(conn, handover.MAX_REQUEST + 1,
                                              handover.MAX_FDS + 3)
         assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC), flags
-        return Received(conn, raw, decode_request(raw, len(fds)), fds)
+        token = fds.pop()  # the last fd is the launcher's token
+        return Received(conn, raw, decode_request(raw, len(fds)), fds, token)
 
     def pending(self) -> bool:
         """Whether a connection waits to be accepted (without waiting for one)."""

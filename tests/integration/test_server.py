@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from pymon import handover
+from pymon.cli import VERSION
 from tests.conftest import RUNC, Bundles, Launcher
-from tests.fakes.engine import Session, ppid, wait_for
+from tests.fakes.engine import Session, children, ppid, wait_for
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -39,13 +40,33 @@ def warm(tmp_path: Path, server: WarmServer) -> Iterator[Launcher]:
     launcher.cleanup()
 
 
-def raw_request(path: Path, data: bytes, fds: list[int] = ()) -> tuple[str, int, str]:  # type: ignore[assignment]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-        s.sendmsg([data], anc)
-        return handover.decode_reply(s.recv(4096))
+def token_pipe(full: bool = True) -> tuple[int, int]:
+    """A launcher's token pipe (handover.py): its byte in it unless `full` is False."""
+    r, w = os.pipe2(os.O_NONBLOCK)
+    if full:
+        os.write(w, handover.TOKEN)
+    return r, w
+
+
+def raw_request(path: Path, data: bytes, fds: list[int] = (),  # type: ignore[assignment]
+                token: int | None = None) -> tuple[str, int, str]:
+    """Send `data` with `fds` and then `token` (a fresh full token pipe's read end if
+    None, none if -1); returns the one reply."""
+    own = token_pipe() if token is None else None
+    if own is not None:
+        token = own[0]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            sent = [*fds, *([token] if token != -1 else [])]
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", sent).tobytes())] \
+                if sent else []
+            s.sendmsg([data], anc)
+            return handover.decode_reply(s.recv(4096))
+    finally:
+        for fd in own or ():
+            os.close(fd)
 
 
 def start_and_wait(session: Session, cid: str) -> None:
@@ -119,16 +140,35 @@ def test_hostile_requests_are_refused_and_harm_nothing(bundles: Bundles, warm: L
     assert kind == handover.REFUSED and "malformed" in why
     r, w = os.pipe()
     try:
-        kind, _, why = raw_request(server.socket, b"x", [r] * 251)
+        # 252 fds and the token: past the 250 and the token that the server makes room for
+        # (CMSG_SPACE rounds that up to a multiple of 8 bytes, so 251 + 1 would still fit)
+        kind, _, why = raw_request(server.socket, b"x", [r] * 252)
         assert kind == handover.REFUSED and "more than 250 fds" in why, why
-        good = handover.encode_request("0.1.0", os.getpid(), [b"pymon"], [], b"/", 0o22,
+        good = handover.encode_request(VERSION, os.getpid(), [b"pymon"], [], b"/", 0o22,
                                        [r], [], 0, 0, 0, 0)
         kind, _, why = raw_request(server.socket, good, [r, w])
         assert kind == handover.REFUSED and "2 came" in why, why
-        wrong_pid = handover.encode_request("0.1.0", 1, [b"pymon"], [], b"/", 0o22, [r], [],
+        kind, _, why = raw_request(server.socket, good, [], token=-1)
+        assert kind == handover.REFUSED and "no token" in why, why
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as not_a_pipe:
+            kind, _, why = raw_request(server.socket, good, [r], token=not_a_pipe.fileno())
+        assert kind == handover.REFUSED and "not a pipe" in why, why
+        wrong_pid = handover.encode_request(VERSION, 1, [b"pymon"], [], b"/", 0o22, [r], [],
                                             0, 0, 0, 0)
         kind, _, why = raw_request(server.socket, wrong_pid, [r])
         assert kind == handover.REFUSED and "says pid 1" in why, why
+        # A valid request whose token cannot be taken forks nothing: its write end (the
+        # launcher's mistake), or an empty pipe (the launcher took it at its deadline)
+        kind, _, why = raw_request(server.socket, good, [r], token=w)
+        assert kind == handover.REFUSED and "token cannot be read" in why, why
+        empty_r, empty_w = token_pipe(full=False)
+        try:
+            kind, _, why = raw_request(server.socket, good, [r], token=empty_r)
+        finally:
+            os.close(empty_r)
+            os.close(empty_w)
+        assert kind == handover.REFUSED and "ran cold first" in why, why
+        assert not children(server.pid)  # and no monitor was forked for any of them
     finally:
         os.close(r)
         os.close(w)

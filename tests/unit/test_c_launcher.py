@@ -2,8 +2,8 @@
 
 Warm path: the request is what handover.encode_request makes of the launcher process as
 /proc shows it while it waits, and the server's decoder accepts it; the fds arrive; the
-replies end the launcher as specified. Cold path: anything short of "ready" + GO execs
-the interpreter with the environment and fds untouched. Most tests use a launcher whose
+replies end the launcher as specified. Cold path: a refusal, or no taker for the token
+within the budget, execs the interpreter with the environment and fds untouched. Most tests use a launcher whose
 interpreter is a fake that prints what it was given; one runs the real cold pymon.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -31,6 +32,7 @@ from pymon.cli import VERSION
 from pymon.entrypoint import import_roots, write
 from pymon.entrypoint import main as main_entrypoint
 from pymon.launcher import build as build_mod
+from pymon.launcher import client
 from pymon.launcher.build import SOURCE, build, compiler
 from pymon.launcher.program import bootstrap
 from tests.fakes.fake_server import TIMEOUT, FakeServer, Received
@@ -179,7 +181,7 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.RLIM_INFINITY))
         os.nice(3)
         Path("/proc/self/oom_score_adj").write_text("500")
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTTIN})
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
     env = env_for(server, ODD="caf\xe9 \u2603", EMPTY="")
@@ -196,12 +198,19 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
         pid = proc.pid
         req = got.request
         status = proc_status(pid)
-        # the launcher waits for our answer, so /proc shows the state it described;
-        # its own socket is the one fd it did not pass
+        # the launcher waits for our answer, so /proc shows the state it described; its
+        # own socket, its token's read end and its signalfd are the fds it did not pass
+        token = os.fstat(got.token)
+
+        def its_own(fd: int) -> bool:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            return (stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) == (token.st_dev,
+                                                                            token.st_ino)
+                    or os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[signalfd]")
+
         listed = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
-        passed = [fd for fd in listed
-                  if not stat.S_ISSOCK(os.stat(f"/proc/{pid}/fd/{fd}").st_mode)]
-        assert len(listed) == len(passed) + 1
+        passed = [fd for fd in listed if not its_own(fd)]
+        assert len(listed) == len(passed) + 3
         assert req.fds == passed and 7 in passed and passed[:3] == [0, 1, 2]
         for number, ours in zip(req.fds, got.fds):
             theirs = os.stat(f"/proc/{pid}/fd/{number}")
@@ -220,11 +229,16 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
             soft, hard = resource.prlimit(pid, r)
             rlimits.append((r, -1 if soft == resource.RLIM_INFINITY else soft,
                             -1 if hard == resource.RLIM_INFINITY else hard))
+        # While it waits the launcher also blocks the signals it forwards (queued for the
+        # monitor); the request has the mask it was given: ours
+        forwarded = sum(1 << (sig - 1) for sig in client.FORWARDED)
+        blocked_now = int(status["SigBlk"], 16)
+        assert blocked_now & forwarded == forwarded
+        given = blocked_now & ~forwarded | 1 << (signal.SIGUSR1 - 1)
         expected = handover.encode_request(
             VERSION, pid, argv, environ, cwd, int(status["Umask"], 8), passed, rlimits,
             int(Path(f"/proc/{pid}/oom_score_adj").read_text()),
-            int(status["SigBlk"], 16), int(status["SigIgn"], 16),
-            os.getpriority(os.PRIO_PROCESS, pid))
+            given, int(status["SigIgn"], 16), os.getpriority(os.PRIO_PROCESS, pid))
         assert got.raw == expected
         # and the values are the ones the test set, not just consistent
         assert req.pid == pid and req.version == VERSION
@@ -234,13 +248,14 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
         assert req.nice == os.getpriority(os.PRIO_PROCESS, 0) + 3 or req.nice == 19
         assert req.oom_score_adj == 500
         assert req.sig_blocked & (1 << (signal.SIGUSR1 - 1))
+        assert req.sig_blocked & (1 << (signal.SIGTTIN - 1))
+        assert not req.sig_blocked & (1 << (signal.SIGTERM - 1))
         assert req.sig_ignored & (1 << (signal.SIGUSR2 - 1))
         limits = {lim.resource: (lim.soft, lim.hard) for lim in req.rlimits}
         assert limits[resource.RLIMIT_CORE] == (0, -1)
         assert limits[resource.RLIMIT_NOFILE][0] <= 1000
 
-        got.reply(handover.READY, 4242)
-        got.expect_go()
+        got.take_token()
         got.reply(handover.EXITED, 0)
         assert finish(proc) == (0, b"", b"")
     finally:
@@ -248,7 +263,7 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
         got.close()
 
 
-# ---- after GO --------------------------------------------------------------------------------
+# ---- once the server has taken the token ---------------------------------------------------------
 
 
 def handshake(launch: Launches, server: FakeServer, args: list[str],
@@ -256,8 +271,7 @@ def handshake(launch: Launches, server: FakeServer, args: list[str],
     proc = launch([launch.binary, *args], env=env_for(server), **kwargs)
     got = server.accept()
     got.drop_fds()
-    got.reply(handover.READY, 4242)
-    got.expect_go()
+    got.take_token()
     return proc, got
 
 
@@ -297,28 +311,63 @@ def test_pidfile_failure_kills_the_monitor(launch: Launches, server: FakeServer,
         monitor.wait()
 
 
-def test_ready_before_the_fork(launch: Launches, server: FakeServer, tmp_path: Path) -> None:
-    """The server answers "ready" with no pid (it forks after answering): the pid comes
-    with "detached"; a monitor that never comes is reported without a pid."""
+# x86_64's poll(2): what the committed launcher waits in, where the budget's wait is ppoll
+SYS_POLL = "7"
+
+
+def syscall_of(pid: int) -> str:
+    """The number of the system call `pid` is blocked in (/proc/PID/syscall)."""
+    return Path(f"/proc/{pid}/syscall").read_text().split()[0]
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="tells poll from ppoll by x86_64's syscall numbers")
+def test_a_taken_token_commits_without_a_message(launch: Launches, server: FakeServer,
+                                                tmp_path: Path) -> None:
+    """The server commits the launcher by taking its token, with nothing to say: past
+    its budget the launcher finds the token gone and waits for the monitor (polling the
+    connection alone, not the budget's ppoll), and writes the pid that comes with
+    "detached"."""
     pidfile = tmp_path / "conmon.pid"
-    proc = launch([launch.binary, "--conmon-pidfile", str(pidfile)], env=env_for(server))
+    env = dict(env_for(server), PYMON_SERVER_BUDGET_MS="500")
+    proc = launch([launch.binary, "--conmon-pidfile", str(pidfile)], env=env)
     got = server.accept()
     got.drop_fds()
-    got.reply(handover.READY, 0)
-    got.expect_go()
+    got.take_token()
+    deadline = time.monotonic() + TIMEOUT
+    while syscall_of(proc.pid) != SYS_POLL:  # the budget's wait is ppoll
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     got.reply(handover.DETACHED, 31337, str(pidfile))
     assert finish(proc) == (0, b"", b"")
     got.close()
     assert pidfile.read_text() == "31337"
 
+
+def test_a_taken_token_then_nothing_is_an_error(launch: Launches, server: FakeServer) -> None:
+    """Committed, and the connection closes before the monitor said anything: it may
+    have read the start pipe, so the launcher fails rather than run cold."""
     proc = launch([launch.binary], env=env_for(server))
     got = server.accept()
     got.drop_fds()
-    got.reply(handover.READY, 0)
-    got.expect_go()
-    got.close()  # the fork failed
+    got.take_token()
+    got.close()
     assert finish(proc) == (
         1, b"", b"[conmon:e]: the monitor ended before reporting its state\n")
+
+
+def test_refused_after_the_token_was_taken_runs_cold(launch: Launches,
+                                                     server: FakeServer) -> None:
+    """The server took the token and then could not fork: "refused" still means that no
+    monitor exists, so the cold path runs."""
+    env = env_for(server)
+    proc = launch([launch.binary, *DEBUG], env=env)
+    got = server.accept()
+    got.drop_fds()
+    got.take_token()
+    got.reply(handover.REFUSED, 0, "fork failed: Resource temporarily unavailable")
+    assert_cold(proc, DEBUG, env, "refused: fork failed: Resource temporarily unavailable")
+    got.close()
 
 
 # The fake monitor of --sync: reports each signal it gets on stdout, ends on SIGTERM.
@@ -383,7 +432,7 @@ def test_exited_directly(launch: Launches, server: FakeServer) -> None:
     handover.encode_reply(handover.DETACHED, 0, "/nonexistent/pidfile"),
     handover.encode_reply(handover.DETACHED, 2**32, "/nonexistent/pidfile"),
     handover.encode_reply(handover.RUNNING, 0)])
-def test_after_go_anything_else_is_an_error(launch: Launches, server: FakeServer,
+def test_once_committed_anything_else_is_an_error(launch: Launches, server: FakeServer,
                                             reply: bytes | None) -> None:
     """Committed: an unknown reply, a malformed one, a bad pid or EOF end the launcher
     with an error, never with the cold path (the monitor may have read the start pipe)."""
@@ -394,7 +443,7 @@ def test_after_go_anything_else_is_an_error(launch: Launches, server: FakeServer
         got.conn.shutdown(socket.SHUT_RDWR)
     status, out, err = finish(proc)
     got.close()
-    assert (status, out) == (1, b"") and err.startswith(b"[conmon:e]: ") and b"4242" in err
+    assert (status, out) == (1, b"") and err.startswith(b"[conmon:e]: ") and b"monitor" in err
 
 
 # ---- the cold path -------------------------------------------------------------------------------
@@ -464,6 +513,7 @@ def test_silent_server_runs_cold_within_the_budget(launch: Launches,
     got.drop_fds()
     assert_cold(proc, DEBUG, env, "no answer within 2 ms")
     assert time.monotonic() - start < TIMEOUT
+    assert not got.token_left()  # the launcher took it: a server reading it now forks nothing
     got.close()
 
 
@@ -549,27 +599,9 @@ def test_malformed_first_reply_runs_cold(launch: Launches, server: FakeServer) -
     proc = launch([launch.binary, *DEBUG], env=env)
     got = server.accept()
     got.drop_fds()
-    got.conn.send(handover.encode_reply(handover.READY, 1) + b"\x00")  # trailing byte
+    got.conn.send(handover.encode_reply(handover.DETACHED, 1) + b"\x00")  # trailing byte
     assert_cold(proc, DEBUG, env, "malformed reply")
     got.close()
-
-
-def test_monitor_gone_before_go_runs_cold(launch: Launches, server: FakeServer) -> None:
-    """"ready" and then the connection closes before GO goes out: nothing has happened,
-    so cold is still safe. The launcher is stopped so that the close surely comes first."""
-    env = env_for(server)
-    proc = launch([launch.binary, *DEBUG], env=env)
-    got = server.accept()
-    got.drop_fds()
-    proc.send_signal(signal.SIGSTOP)
-    deadline = time.monotonic() + TIMEOUT
-    while proc_status(proc.pid)["State"][0] != "T":
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    got.reply(handover.READY, 4242)
-    got.close()
-    proc.send_signal(signal.SIGCONT)
-    assert_cold(proc, DEBUG, env, "the monitor went away before go")
 
 
 def test_quiet_without_debug_and_fds_kept(launch: Launches, tmp_path: Path) -> None:
@@ -713,8 +745,7 @@ def test_handover_timing(launch: Launches, server: FakeServer,
         got = server.accept()
         arrived = time.perf_counter()
         assert got.request.pid == pid
-        got.reply(handover.READY, 4242)
-        got.expect_go()
+        got.take_token()
         got.reply(handover.DETACHED, 4242, "")
         got.close()
         return arrived
