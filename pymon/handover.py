@@ -216,4 +216,3 @@ def decode_reply(data: bytes) -> tuple[str, int, str]:
     if pos != len(data):
         raise ValueError("trailing bytes in reply")
     return kind, value, text
-

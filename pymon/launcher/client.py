@@ -117,9 +117,7 @@ def serve(argv: list[str], fds: tuple[int, ...]) -> str:
                                        array.array("i", (*fds, token)).tobytes())])
             except OSError as e:
                 return f"sending the request: {e.strerror or e}"
-            reply = _receive(sock, deadline)
-            if reply is not None and reply[0] == handover.REFUSED:
-                return f"refused: {reply[2]}"
+            reply = _receive(sock, deadline)  # a refusal: _follow returns its reason
             if reply is None:
                 try:
                     if os.read(token, 1) == handover.TOKEN:  # ours: the server forks nothing

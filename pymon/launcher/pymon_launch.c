@@ -4,8 +4,8 @@
  * program hands the invocation (argv, environment, cwd, umask, fds, rlimits,
  * oom_score_adj, nice, signal state, pid) to a warm `pymon-server` over a unix
  * SOCK_SEQPACKET socket and lets the monitor the server forks do the work. When no server
- * takes it within 2 ms (or one refuses it) it execs the cold path: the Python interpreter running
- * pymon.launcher.main, with the environment and fds exactly as they were given to us.
+ * takes it within 2 ms (or one refuses it) it execs the cold path: the Python interpreter
+ * running pymon.launcher.main, with the environment and fds exactly as they were given.
  *
  * The wire format and the conversation are specified in pymon/handover.py; the request
  * built here must be byte-for-byte what handover.encode_request produces (the unit tests
@@ -17,8 +17,8 @@
  *   BOOTSTRAP      the -c program of the cold path (the entry point script's lines)
  *   PYMON_VERSION  pymon's version, sent in the request
  *
- * PYMON_SERVER_BUDGET_MS in the environment changes the 2 ms budget, as it
- * does for the Python launcher (pymon/launcher/client.py): tests on a loaded machine.
+ * PYMON_SERVER_BUDGET_MS in the environment changes the 2 ms budget, as it does for the
+ * Python launcher (pymon/launcher/client.py): tests on a loaded machine.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -448,9 +448,6 @@ static int send_request(int sock, int token)
         char buf[CMSG_SPACE(sizeof(int) * (MAX_FDS + 1))];
         struct cmsghdr align;
     } control;
-    int all[MAX_FDS + 1];
-    memcpy(all, fds, sizeof(int) * (size_t)nfds);
-    all[nfds] = token;
     struct iovec iov = {.iov_base = req, .iov_len = req_len};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
     msg.msg_control = control.buf;
@@ -459,7 +456,8 @@ static int send_request(int sock, int token)
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)(nfds + 1));
-    memcpy(CMSG_DATA(c), all, sizeof(int) * (size_t)(nfds + 1));
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c) + sizeof(int) * (size_t)nfds, &token, sizeof token); /* last */
     ssize_t n;
     do
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
@@ -671,9 +669,9 @@ int main(int argc, char **argv)
         close(token[0]);
         run_cold(argc, argv, "cannot send the request");
     }
-    /* The first message, within the budget. "refused": no monitor, run cold. Anything
-     * else is the monitor's: the server took the token. None by the deadline (or an EOF,
-     * or a malformed message): the token decides. */
+    /* The first message, within the budget: the monitor's (the server took the token), or
+     * "refused" (no monitor), which committed() hands back for the cold path. None by the
+     * deadline (or an EOF, or a malformed message): the token decides. */
     for (;;) {
         struct pollfd pfd = {.fd = sock, .events = POLLIN};
         int64_t left = deadline - now_us();
@@ -695,13 +693,7 @@ int main(int argc, char **argv)
             got = recv(sock, peek, sizeof peek, MSG_PEEK | MSG_TRUNC);
         while (got < 0 && errno == EINTR);
         if (got > 0 && (size_t)got <= MAX_REPLY && !decode_reply(peek, (size_t)got, &r)) {
-            if (!is_kind(&r, "refused")) {
-                reason = committed(sock, sfd);
-                goto cold;
-            }
-            snprintf(why, sizeof why, "refused: %.*s", (int)(r.text_len > 80 ? 80 : r.text_len),
-                     r.text);
-            reason = why;
+            reason = committed(sock, sfd);
             goto cold;
         }
         reason = got == 0 ? "the server closed the connection" : "malformed reply";

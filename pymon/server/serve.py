@@ -52,16 +52,25 @@ def _has_data(conn: socket.socket) -> bool:
     return True
 
 
-
-def take_token(fd: int) -> bool:
-    """Read a launcher's token (handover.py) without waiting: True if the server took it.
-    The pipe is the launcher's, so it is made non-blocking here: a blocking one whose
-    writer keeps it open and empty would otherwise stall the server."""
-    os.set_blocking(fd, False)
+def take_token(fd: int) -> None:
+    """Take a launcher's token (handover.py) without waiting, and close it; raises
+    Rejected if it is not there to take. The pipe is the launcher's, so it is made
+    non-blocking here: a blocking one whose writer keeps it open and empty would otherwise
+    stall the server."""
     try:
-        return os.read(fd, 1) == handover.TOKEN
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise Rejected("the token is not a pipe")
+        os.set_blocking(fd, False)
+        took = os.read(fd, 1) == handover.TOKEN
     except BlockingIOError:
-        return False
+        took = False
+    except OSError as e:
+        raise Rejected(f"the token cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if not took:
+        raise Rejected("the launcher ran cold first (its budget ran out)")
+
 
 class Server:
     def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False) -> None:
@@ -201,29 +210,16 @@ class Server:
             req, peer = self._receive(conn, received)
             if threading.active_count() != 1:
                 raise Rejected("server has a thread; it will not fork")  # never expected
+            # The launcher's token decides, not an answer: whoever reads its byte first
+            # owns the invocation (handover.py). Taking it commits the launcher with no
+            # message to wake it, and the monitor starts at once, with no GO to wait for.
+            take_token(received.pop())
         except Rejected as e:
             for fd in received:
                 os.close(fd)
             self.refused += 1
             self.debug(f"refused: {e}")
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
-            return
-        # The launcher's token decides, not an answer: whoever reads its byte first owns
-        # the invocation (handover.py). Taking it commits the launcher with no message to
-        # wake it, and the monitor starts at once, with no GO to wait for.
-        token = received.pop()
-        try:
-            took = take_token(token)
-            why = "the launcher ran cold first (its budget ran out)"
-        except OSError as e:
-            took, why = False, f"the token cannot be read: {e.strerror}"
-        finally:
-            os.close(token)
-        if not took:  # no monitor: "refused" is true, and a launcher gone cold ignores it
-            for fd in received:
-                os.close(fd)
-            self.debug(f"launcher {peer}: {why}")
-            self._reply(conn, handover.encode_reply(handover.REFUSED, 0, why))
             return
         try:
             pid = self._fork(req, conn, received)
@@ -269,11 +265,6 @@ class Server:
         if not received:
             raise Rejected("no token came with the request")
         req = decode_request(data, len(received) - 1)  # the last fd is the token
-        try:
-            if not stat.S_ISFIFO(os.fstat(received[-1]).st_mode):
-                raise Rejected("the token is not a pipe")
-        except OSError as e:
-            raise Rejected(f"the token cannot be read: {e.strerror}") from None
         if req.version != VERSION:
             self._check_code()
             raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")

@@ -3,8 +3,9 @@
 Warm path: the request is what handover.encode_request makes of the launcher process as
 /proc shows it while it waits, and the server's decoder accepts it; the fds arrive; the
 replies end the launcher as specified. Cold path: a refusal, or no taker for the token
-within the budget, execs the interpreter with the environment and fds untouched. Most tests use a launcher whose
-interpreter is a fake that prints what it was given; one runs the real cold pymon.
+within the budget, execs the interpreter with the environment and fds untouched. Most
+tests use a launcher whose interpreter is a fake that prints what it was given; one runs
+the real cold pymon.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def test_request_describes_the_launcher(launch: Launches, server: FakeServer,
         got.close()
 
 
-# ---- once the server has taken the token ---------------------------------------------------------
+# ---- once the server has taken the token -------------------------------------------------
 
 
 def handshake(launch: Launches, server: FakeServer, args: list[str],
