@@ -349,14 +349,17 @@ def test_cgroup_join_failure_reaches_the_engine(bundles: Bundles, warm: Launcher
     reason is on the sync pipe, the monitor exits 1 and nothing is left running."""
     mnt = tmp_path / "cg"
     mnt.mkdir()
-    name = "pymontest" + os.urandom(3).hex()
+    # One name for every run: this kernel keeps a named v1 hierarchy after its last
+    # umount, and another name each run left one more in every process's /proc/PID/cgroup
+    name = "pymontest"
+    sub = mnt / ("sub-" + os.urandom(3).hex())
     subprocess.run(["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)],
                    check=True)
     mounted = True
     try:
-        (mnt / "sub").mkdir()
+        sub.mkdir()
         session, paths = warm.create(bundles.make(["true"]), send_start=False)
-        (mnt / "sub" / "cgroup.procs").write_text(str(session.p0.pid))
+        (sub / "cgroup.procs").write_text(str(session.p0.pid))
         subprocess.run(["umount", str(mnt)], check=True)
         mounted = False
         session.send_start()
@@ -373,7 +376,7 @@ def test_cgroup_join_failure_reaches_the_engine(bundles: Bundles, warm: Launcher
             subprocess.run(["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup",
                             str(mnt)], check=True)
         try:
-            (mnt / "sub").rmdir()
+            sub.rmdir()
         except OSError:
             pass
         subprocess.run(["umount", str(mnt)], check=True)
