@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import resource
 
+from pymon.handover import RLIMIT_COUNT
 from pymon.server.wire import Rejected, Request
 
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 CAP_SYS_NICE = 23
 CAP_SYS_RESOURCE = 24
+_NS_PATHS = {ns: f"ns/{ns}" for ns in NAMESPACES}
 
 
 def _status_field(pid: int | str, name: bytes) -> bytes:
@@ -35,15 +37,17 @@ class Self:
         self.root = self._ident("/proc/self/root")
         caps = int(_status_field("self", b"CapEff") or b"0", 16)
         self.can_raise_limits = bool(caps >> CAP_SYS_RESOURCE & 1)
+        # Read once: a hard limit only goes down, and the server lowers none of its own
+        self.hard_limits = tuple(resource.getrlimit(r)[1] for r in range(RLIMIT_COUNT))
         self.can_renice = bool(caps >> CAP_SYS_NICE & 1)
         with open("/proc/self/oom_score_adj", "rb") as f:
             self.oom_score_adj = int(f.read())
         self.nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     @staticmethod
-    def _ident(path: str) -> tuple[int, int] | None:
+    def _ident(path: str, dir_fd: int | None = None) -> tuple[int, int] | None:
         try:
-            st = os.stat(path)
+            st = os.stat(path, dir_fd=dir_fd)
         except OSError:
             return None
         return st.st_dev, st.st_ino
@@ -57,19 +61,35 @@ class Self:
         if pid <= 0:
             raise Rejected("peer pid unknown (another pid namespace)")
         try:
-            for ns, mine in self.namespaces.items():
-                theirs = self._ident(f"/proc/{pid}/ns/{ns}")
-                if theirs is None and not os.path.exists(f"/proc/{pid}"):
-                    # not a namespace question: the launcher gave up and exited
-                    raise Rejected(f"peer {pid} has gone")
-                if theirs != mine:
-                    raise Rejected(f"peer is in another {ns} namespace")
-            if self._ident(f"/proc/{pid}/root") != self.root:
-                raise Rejected("peer has another root directory")
-            groups = frozenset(int(g) for g in _status_field(pid, b"Groups").split())
+            # Every look below goes through one fd of the peer's /proc directory: the
+            # same process each time, and no path to build per namespace (this runs on
+            # every launch, in the process whose pages the monitors share)
+            proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Rejected(f"peer {pid} has gone") from None  # it gave up and exited
         except OSError as e:
             raise Rejected(f"peer {pid} cannot be inspected: {e.strerror}") from None
-        if groups != self.groups:
+        try:
+            for ns, mine in self.namespaces.items():
+                theirs = self._ident(_NS_PATHS[ns], proc)
+                if theirs is None and not os.path.exists(f"/proc/{pid}"):
+                    raise Rejected(f"peer {pid} has gone")  # exited since the open
+                if theirs != mine:
+                    raise Rejected(f"peer is in another {ns} namespace")
+            if self._ident("root", proc) != self.root:
+                raise Rejected("peer has another root directory")
+            status = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+            try:
+                text = os.read(status, 8192)
+            finally:
+                os.close(status)
+        except OSError as e:
+            raise Rejected(f"peer {pid} cannot be inspected: {e.strerror}") from None
+        finally:
+            os.close(proc)
+        start = text.find(b"\nGroups:")
+        groups = text[start + 8:text.find(b"\n", start + 8)].split() if start >= 0 else []
+        if frozenset(int(g) for g in groups) != self.groups:
             raise Rejected("peer has other supplementary groups")
 
     def check_request(self, req: Request, peer_pid: int) -> None:
@@ -78,7 +98,7 @@ class Self:
             raise Rejected(f"request says pid {req.pid}, peer is {peer_pid}")
         if not self.can_raise_limits:
             for lim in req.rlimits:
-                hard = resource.getrlimit(lim.resource)[1]
+                hard = self.hard_limits[lim.resource]
                 if hard != resource.RLIM_INFINITY and (lim.hard == -1 or lim.hard > hard):
                     raise Rejected(f"rlimit {lim.resource}: hard limit {lim.hard} is above "
                                    f"the server's {hard}")

@@ -9,6 +9,7 @@ wait, and nothing goes wrong for other launchers or for running monitors when it
 
 from __future__ import annotations
 
+import _thread
 import array
 import os
 import resource
@@ -18,12 +19,14 @@ import socket
 import stat
 import struct
 import sys
-import threading
 import time
 
 from pymon import _native, handover
 from pymon.cli import VERSION
-from pymon.server import cgroups
+
+# Imported here, not in the forked child: an import statement there runs the import
+# machinery's lookups on every launch, and each page it touches is copied
+from pymon.server import cgroups, twin
 from pymon.server.peer import Self
 from pymon.server.rescue import Rescuer
 from pymon.server.stamp import CodeStamp
@@ -32,6 +35,7 @@ from pymon.server.wire import Rejected, Request, decode_request
 REQUEST_DEADLINE = 1.0  # a connection that has sent nothing by then is dropped
 BACKLOG = 128
 _CRED = struct.Struct("3i")
+_SEQPACKET = int(socket.SOCK_SEQPACKET)
 
 
 def say(text: str) -> None:
@@ -39,17 +43,6 @@ def say(text: str) -> None:
         os.write(2, f"pymon-server[{os.getpid()}]: {text}\n".encode(errors="replace"))
     except OSError:
         pass
-
-
-def _has_data(conn: socket.socket) -> bool:
-    """Something to read (a request, or EOF) on a non-blocking connection, now."""
-    try:
-        conn.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # _serve's read reports it
-    return True
 
 
 def take_token(fd: int) -> None:
@@ -120,6 +113,10 @@ class Server:
         poller.register(self.listener.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         say(f"serving on {self.path or 'an inherited socket'} (pymon {VERSION})")
+        # Once, not before each fork: the server writes with os.write (say), so nothing
+        # is buffered later that a monitor could write out again as its own
+        sys.stdout.flush()
+        sys.stderr.flush()
         try:
             while not self.stopping:
                 timeout = None
@@ -137,7 +134,7 @@ class Server:
                         conn, _ = self.pending.pop(fd)
                         poller.unregister(fd)
                         with conn:
-                            self._serve(conn)
+                            self._serve(conn, may_wait=False)
                     elif self.rescuer.owns(fd):
                         self.rescuer.readable(fd)
                     if self.stopping:
@@ -156,28 +153,30 @@ class Server:
         self.stopping = True
 
     def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self.wake_r, 512):
-                pass
+        try:  # one read: a byte per signal; if more are left, poll says so again
+            os.read(self.wake_r, 4096)
         except BlockingIOError:
             pass
 
     def _accept(self, poller: select.poll) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # EMFILE and the like: keep serving the others
-                say(f"accept failed: {e}")
-                return
-            conn.setblocking(False)
-            if _has_data(conn):  # as usual: a launcher sends its request as it connects
-                with conn:
-                    self._serve(conn)
-                continue
-            self.pending[conn.fileno()] = (conn, time.monotonic() + REQUEST_DEADLINE)
-            poller.register(conn.fileno(), select.POLLIN)
+        # One connection per wake-up: poll is level-triggered and reports the next one at
+        # once, and the loop then ends without raising BlockingIOError on every launch
+        try:
+            fd, _ = self.listener._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # EMFILE and the like: keep serving the others
+            say(f"accept failed: {e}")
+            return
+        # socket.accept() would also convert the family and type to enums on every call
+        conn = socket.socket(socket.AF_UNIX, _SEQPACKET, 0, fd)
+        conn.setblocking(False)
+        # As usual a launcher sent its request as it connected: serve it now
+        if self._serve(conn, may_wait=True):
+            conn.close()
+            return
+        self.pending[fd] = (conn, time.monotonic() + REQUEST_DEADLINE)
+        poller.register(fd, select.POLLIN)
 
     def _expire(self, poller: select.poll) -> None:
         now = time.monotonic()
@@ -204,11 +203,18 @@ class Server:
 
     # --- one request -----------------------------------------------------------------
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, may_wait: bool) -> bool:
+        """Serve or refuse the request on `conn`; False if it has not come yet and
+        `may_wait`."""
         received: list[int] = []
         try:
-            req, peer = self._receive(conn, received)
-            if threading.active_count() != 1:
+            try:
+                req, peer = self._receive(conn, received)
+            except BlockingIOError:
+                if may_wait:
+                    return False
+                raise Rejected("no request came") from None
+            if _thread._count():
                 raise Rejected("server has a thread; it will not fork")  # never expected
             # The launcher's token decides, not an answer: whoever reads its byte first
             # owns the invocation (handover.py). Taking it commits the launcher with no
@@ -220,20 +226,22 @@ class Server:
             self.refused += 1
             self.debug(f"refused: {e}")
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
-            return
+            return True
         try:
             pid = self._fork(req, conn, received)
         except Rejected as e:
             # No monitor exists, so "refused" is still true: the launcher runs cold
             say(f"could not fork a monitor for launcher {peer}: {e}")
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
-            return
+            return True
         finally:
             for fd in received:
                 os.close(fd)
         self.served += 1
         self.monitors.add(pid)
-        self.debug(f"forked monitor {pid} for launcher {peer}")
+        if self.verbose:  # not formatted otherwise: every object touched here is copied
+            say(f"forked monitor {pid} for launcher {peer}")
+        return True
 
     @staticmethod
     def _reply(conn: socket.socket, data: bytes) -> None:
@@ -246,6 +254,8 @@ class Server:
         fd_space = socket.CMSG_SPACE((handover.MAX_FDS + 1) * 4)  # and the token
         try:
             data, ancdata, flags, _ = conn.recvmsg(handover.MAX_REQUEST + 1, fd_space)
+        except BlockingIOError:
+            raise
         except OSError as e:
             raise Rejected(f"reading the request: {e.strerror}") from None
         for level, kind, payload in ancdata:  # close whatever came, whatever happens next
@@ -282,8 +292,6 @@ class Server:
 
     def _fork(self, req: Request, conn: socket.socket, received: list[int]) -> int:
         channel = self.rescuer.channel()
-        sys.stdout.flush()
-        sys.stderr.flush()
         try:
             pid = _native.fork()  # not os.fork: see _native/_build.py
         except OSError as e:
@@ -294,8 +302,6 @@ class Server:
         if pid == 0:
             status = 1
             try:
-                from pymon.server import twin
-
                 status = twin.run(req, conn.fileno(), received, self.mounts,
                                   channel[1].fileno() if channel is not None else None)
             except BaseException as e:  # noqa: BLE001 - a forked child: report and leave

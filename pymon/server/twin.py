@@ -22,6 +22,7 @@ from pymon import handover, logformat, procattrs, sync
 from pymon.diag import log
 from pymon.errors import PymonError, SetupError
 from pymon.handover import Invocation
+from pymon.monitor.lifeline import Lifeline
 from pymon.monitor.prepare import Prepared, begin, prepare, write_all
 from pymon.monitor.setup import monitor_process
 from pymon.server import cgroups
@@ -176,8 +177,6 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
         if problem is not None:
             _report(prep, problem)
         else:
-            from pymon.monitor.lifeline import Lifeline
-
             status = monitor_process(prep, keep,
                                      Lifeline(channel) if channel is not None else None)
     except PymonError:

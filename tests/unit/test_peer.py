@@ -26,3 +26,21 @@ def test_a_live_peer_like_us_is_accepted() -> None:
 def test_another_uid_is_refused_first() -> None:
     with pytest.raises(Rejected, match="uid"):
         Self().check_peer(os.getpid(), os.geteuid() + 1, os.getegid())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting another process's groups needs root")
+def test_other_supplementary_groups_are_refused() -> None:
+    proc = subprocess.Popen(["sleep", "30"], extra_groups=[*os.getgroups(), 54321])
+    try:
+        with pytest.raises(Rejected, match="supplementary groups"):
+            Self().check_peer(proc.pid, os.geteuid(), os.getegid())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_peer_in_another_namespace_is_refused_by_name() -> None:
+    me = Self()
+    me.namespaces["uts"] = (0, 0)  # as if the peer's differed from ours
+    with pytest.raises(Rejected, match="another uts namespace"):
+        me.check_peer(os.getpid(), os.geteuid(), os.getegid())
