@@ -36,6 +36,13 @@ REQUEST_DEADLINE = 1.0  # a connection that has sent nothing by then is dropped
 BACKLOG = 128
 _CRED = struct.Struct("3i")
 _SEQPACKET = int(socket.SOCK_SEQPACKET)
+_EXEC_FLAGS = frozenset((b"-e", b"--exec"))
+
+
+def _is_exec(argv: list[bytes]) -> bool:
+    """conmon's -e/--exec among the arguments: a flag, never an option's value in what
+    podman and CRI-O pass."""
+    return not _EXEC_FLAGS.isdisjoint(argv)
 
 
 def say(text: str) -> None:
@@ -291,7 +298,9 @@ class Server:
             raise Rejected(f"server code changed since it started ({changed}); server exits")
 
     def _fork(self, req: Request, conn: socket.socket, received: list[int]) -> int:
-        channel = self.rescuer.channel()
+        # An exec session is never rescued (its monitor drops the channel): none to make,
+        # watch and close for each of CRI-O's exec probes
+        channel = None if _is_exec(req.argv) else self.rescuer.channel()
         try:
             pid = _native.fork()  # not os.fork: see _native/_build.py
         except OSError as e:

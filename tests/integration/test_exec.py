@@ -4,6 +4,7 @@ pid then exit code, exit file named after the container; timeouts; legacy exec."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import uuid
@@ -211,6 +212,27 @@ def server_children(launcher: Launcher) -> set[int]:
         return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
     except OSError:
         return set()
+
+
+def server_sockets(launcher: Launcher) -> int:
+    assert launcher.server is not None
+    fds = Path(f"/proc/{launcher.server.pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+def test_a_warm_exec_session_gets_no_rescue_channel(running, launcher: Launcher) -> None:  # type: ignore[no-untyped-def]
+    """Exec sessions are not rescued (monitor/setup.py), so the server makes no channel
+    for one: nothing to create, watch and close on each of CRI-O's exec probes. A
+    container's monitor has its channel (the `running` one holds it still)."""
+    if launcher.server is None:
+        pytest.skip("a cold monitor has no server")
+    cid, bundle, _ = running
+    before = server_sockets(launcher)
+    assert before >= 2  # the listening socket and the running container's channel
+    ex = Exec(launcher, cid, bundle, ["sleep", "1000"], attach=False)
+    assert ex.pid_message()["data"] > 0
+    assert server_children(launcher)  # served warm, and running
+    assert server_sockets(launcher) == before
 
 
 BAD_EXEC_INPUT = ["timeout 0", "timeout -5", "spec missing", "spec malformed", "log dir gone"]
