@@ -1,11 +1,11 @@
 """Two costs of this machine that move pymon's ratios to conmon more than pymon's code does.
 
 Wake-ups. A warm launch wakes more processes than conmon's: the server when the launcher
-connects, the launcher when the server answers, the forked monitor when GO comes, the
-launcher again for "running", "detached" or "exited". Each wakes a process sleeping on
+connects, the launcher for "running", "detached" or "exited" (the token hand-over of
+protocol 2 has no answer to wait for before the fork). Each wakes a process sleeping on
 another CPU. On a virtual machine whose idle vCPUs are halted in the host, that can take
 milliseconds instead of microseconds; the start-up ratios then measure it, and a server
-answer slower than the launcher's 2 ms budget sends the launch cold.
+that has not taken the token within the launcher's 2 ms budget sends the launch cold.
 
 Fresh pages. A forked monitor copies ~700 of the server's pages; conmon touches ~80 of
 its own. Where the guest hands its free memory back to the host (virtio-balloon free page
