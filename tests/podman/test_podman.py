@@ -75,7 +75,15 @@ def conmon_pid(podman: Podman, ctr: str) -> int:
 
 def assert_exited(podman: Podman, ctr: str, code: int) -> None:
     """The container has exited with `code`. After the exit file is read podman 4.3.1 shows
-    "stopped" until `podman container cleanup` (the exit command) has run, so poll."""
+    "stopped" until `podman container cleanup` (the exit command) has run, so poll. Before
+    that it shows "running" with exit code 0 for as long as the monitor is recording the
+    exit, which a `run` whose attach a fast monitor refused can ask about: wait for podman
+    to have read the exit file before reading the code."""
+    deadline = time.monotonic() + 20
+    while (status := podman.inspect(ctr, "{{.State.Status}}")) not in ("stopped", "exited"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ctr}: still {status!r}, its exit file never read")
+        time.sleep(0.05)
     assert podman.inspect(ctr, "{{.State.ExitCode}}") == str(code)
     podman.wait_for(ctr, "{{.State.Status}} {{.State.ExitCode}}", f"exited {code}")
 
