@@ -120,7 +120,9 @@ class Launcher:
         server, and so cold, in both."""
         parent = ppid(session.monitor_pid)
         if self.server is not None and not session.wrapper:
-            assert parent == self.server.pid, f"monitor's parent {parent} is not the server"
+            assert parent == self.server.pid, (
+                f"monitor's parent {parent} is not the server; launcher: "
+                f"{session.p0_stderr!r}; server: {self.server.said()[-2000:]}")
         else:
             assert parent != session.p0.pid
 

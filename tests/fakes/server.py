@@ -57,6 +57,18 @@ class WarmServer:
             self.log += chunk
         return self.log
 
+    def said(self) -> str:
+        """Everything the server has said so far (read without waiting), for a failure's
+        message."""
+        if self.proc is not None and self.proc.stderr is not None:
+            fd = self.proc.stderr.fileno()
+            while select.select([fd], [], [], 0)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self.log += chunk
+        return self.log.decode(errors="replace")
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
