@@ -20,15 +20,16 @@ The conversation on one SOCK_SEQPACKET connection (one message per packet):
 
 Who owns the invocation is decided by the token, not by a message: the launcher writes one
 byte (TOKEN) into a pipe of its own and sends the read end with the request. The server
-reads it, non-blocking, once the request has passed its checks, and forks the monitor only
-if it got the byte; the monitor then starts at once. The launcher, if no message has come
+reads it, non-blocking, as soon as the message is whole (before its checks of the peer and
+the request, which a slow host could push past the budget), and forks the monitor only if
+it got the byte and the checks pass; the monitor then starts at once. The launcher, if no message has come
 when its 2 ms budget runs out, reads the byte itself: if it gets it, it runs cold, and the
 server, reading nothing, forks nothing; if the byte is gone, the server took it, and the
 launcher is committed and waits for the monitor. One read of one byte: exactly one side
 wins, and nobody waits for the other, so the monitor's start costs no round trip (an
 answer and a GO took one before, a wake-up each way; ~5 ms on this VM in a slow hour).
 "refused" always means that no monitor exists, so the launcher runs cold even when it
-comes after the server took the token (a fork that failed). The monitor's pid comes with
+comes after the server took the token (a check or a fork that failed). The monitor's pid comes with
 "detached" or "running"; a connection that closes before either, once the launcher is
 committed, ends it with an error (exit 1), as conmon's does when its child dies.
 """

@@ -216,7 +216,7 @@ class Server:
         received: list[int] = []
         try:
             try:
-                req, peer = self._receive(conn, received)
+                data, cred = self._receive(conn, received)
             except BlockingIOError:
                 if may_wait:
                     return False
@@ -226,7 +226,13 @@ class Server:
             # The launcher's token decides, not an answer: whoever reads its byte first
             # owns the invocation (handover.py). Taking it commits the launcher with no
             # message to wake it, and the monitor starts at once, with no GO to wait for.
+            # It is taken before the checks: the launcher's budget (2 ms) runs from its
+            # connect, and on a host slow to wake the server the checks' ~0.5 ms decided
+            # whether it was still there to take. A refusal from here on is as true as
+            # before (no monitor exists), and the launcher, told so, runs cold.
             take_token(received.pop())
+            req = self._check(data, cred, len(received))
+            peer = cred[0]
         except Rejected as e:
             for fd in received:
                 os.close(fd)
@@ -257,7 +263,10 @@ class Server:
         except OSError:
             pass  # the launcher is gone: it will not run cold either way
 
-    def _receive(self, conn: socket.socket, received: list[int]) -> tuple[Request, int]:
+    def _receive(self, conn: socket.socket,
+                 received: list[int]) -> tuple[bytes, tuple[int, int, int]]:
+        """The request's bytes and its peer's (pid, uid, gid); its fds are appended to
+        `received`, the token last. Checks only what the message is made of."""
         fd_space = socket.CMSG_SPACE((handover.MAX_FDS + 1) * 4)  # and the token
         try:
             data, ancdata, flags, _ = conn.recvmsg(handover.MAX_REQUEST + 1, fd_space)
@@ -276,18 +285,32 @@ class Server:
             raise Rejected(f"request over {handover.MAX_REQUEST} bytes")
         if not data:
             raise Rejected("empty request")
-        pid, uid, gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                     _CRED.size))
-        self.me.check_peer(pid, uid, gid)
         if not received:
             raise Rejected("no token came with the request")
-        req = decode_request(data, len(received) - 1)  # the last fd is the token
-        if req.version != VERSION:
+        pid, uid, gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     _CRED.size))
+        return data, (pid, uid, gid)
+
+    def _check(self, data: bytes, cred: tuple[int, int, int], fds: int) -> Request:
+        """Whether the server may serve this peer and this request (`fds` came with it,
+        besides the token). Raises Rejected; nothing else, since the launcher's token is
+        taken by now: an error of ours must still reach it as a refusal, so that it runs
+        cold, rather than as the server's death."""
+        try:
+            pid, uid, gid = cred
+            self.me.check_peer(pid, uid, gid)
+            req = decode_request(data, fds)
+            if req.version != VERSION:
+                self._check_code()
+                raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")
             self._check_code()
-            raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")
-        self._check_code()
-        self.me.check_request(req, pid)
-        return req, pid
+            self.me.check_request(req, pid)
+        except Rejected:
+            raise
+        except Exception as e:  # noqa: BLE001 - see above
+            say(f"checking a request failed: {e!r}")
+            raise Rejected(f"server error: {e!r}") from None
+        return req
 
     def _check_code(self) -> None:
         changed = self.stamp.changed()

@@ -136,8 +136,16 @@ def test_a_second_server_on_the_same_socket_refuses_to_start(server: WarmServer)
 
 def test_hostile_requests_are_refused_and_harm_nothing(bundles: Bundles, warm: Launcher,
                                                        server: WarmServer) -> None:
-    kind, _, why = raw_request(server.socket, b"\x00garbage\xff" * 100)
-    assert kind == handover.REFUSED and "malformed" in why
+    tr, tw = token_pipe()
+    try:
+        kind, _, why = raw_request(server.socket, b"\x00garbage\xff" * 100, token=tr)
+        assert kind == handover.REFUSED and "malformed" in why
+        # taken before the checks (handover.py): the launcher, refused, runs cold
+        with pytest.raises(BlockingIOError):
+            os.read(tr, 1)
+    finally:
+        os.close(tr)
+        os.close(tw)
     r, w = os.pipe()
     try:
         # 252 fds and the token: past the 250 and the token that the server makes room for
@@ -461,3 +469,21 @@ def test_warm_and_cold_monitors_give_the_runtime_the_same_process(bundles: Bundl
     assert "M leads the session" in seen["cold"]
     assert f" {extra_r} " in seen["cold"].partition("== fds")[2]  # the engine's extra fd
     assert seen["warm"] == seen["cold"]
+
+
+def test_refused_after_the_token_runs_cold(bundles: Bundles, warm: Launcher,
+                                           server: WarmServer) -> None:
+    """The server takes a launcher's token before it checks the peer (handover.py); a
+    peer it then refuses (here: in another UTS namespace) is told so and runs cold, with
+    its container as it should be, and the server forks nothing for it."""
+    before = set(children(server.pid))
+    bundle = bundles.make(["echo", "cold after all"])
+    session, paths = warm.create(bundle, wrapper=["unshare", "--uts"])
+    assert session.wait_p0() == 0, session.p0_stderr
+    assert json.loads(session.read_sync())["data"] > 0
+    assert ppid(session.monitor_pid) != server.pid
+    assert set(children(server.pid)) <= before
+    server.wait_for(b"refused: peer is in another uts namespace")
+    start_and_wait(session, paths.cid)
+    assert paths.exit_file.read_bytes() == b"0"
+    assert b"cold after all" in paths.log.read_bytes()
