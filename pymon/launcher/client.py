@@ -5,7 +5,9 @@ state and the fds at their numbers (pymon/handover.py has the conversation). Unt
 server has taken our token, any problem (no socket, refused, a stale socket file, a
 version mismatch, no taker within the budget) means the cold path: `serve` returns the
 reason. Once it has, we are committed and only relay the outcome: write the conmon pidfile
-and exit 0, or, with --sync, wait for the monitor's status while forwarding signals.
+and exit 0, or, with --sync, wait for the monitor's status while forwarding signals; a
+refusal that still comes (the server checks the request after it took the token, and a
+fork can fail) means no monitor exists, and the cold path again.
 
 Import-light like the cold path (`_socket`, `_signal`, `array`): it runs before it.
 """
@@ -166,7 +168,8 @@ def _receive(sock: _socket.socket, deadline: float | None) -> tuple[str, int, st
 def _follow(sock: _socket.socket, first: tuple[str, int, str] | None) -> int | str:
     """Once the server took the token: relay what the monitor says (starting with `first`,
     if it came already); returns the launcher's exit status, or, if the server refuses
-    after all (its fork failed: no monitor exists), the reason, for the cold path."""
+    after all (a check or its fork failed: no monitor exists), the reason, for the cold
+    path."""
     forwarding = False
     pid = 0
     reply = first

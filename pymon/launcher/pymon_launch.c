@@ -548,8 +548,8 @@ static const char *who(int64_t pid)
 }
 
 /* Once the server has taken the token: the monitor owns the invocation, and this process
- * only reports its outcome. Returns only if the server refuses after all (its fork
- * failed: no monitor exists), with the reason, for the cold path. */
+ * only reports its outcome. Returns only if the server refuses after all (a check after
+ * the token, or its fork, failed: no monitor exists), with the reason, for the cold path. */
 static const char *committed(int sock, int sfd)
 {
     static char why[MAX_REPLY + 32];
