@@ -120,12 +120,10 @@ def serve(argv: list[str], fds: tuple[int, ...]) -> str:
             except OSError as e:
                 return f"sending the request: {e.strerror or e}"
             reply = _receive(sock, deadline)  # a refusal: _follow returns its reason
-            if reply is None:
-                try:
-                    if os.read(token, 1) == handover.TOKEN:  # ours: the server forks nothing
-                        return f"no answer within {budget * 1000:g} ms"
-                except BlockingIOError:
-                    pass  # the server took it: a monitor is coming
+            # Ours if still there: the server forks nothing. Empty (EOF: the write end is
+            # closed): the server took it, and a monitor is coming.
+            if reply is None and os.read(token, 1) == handover.TOKEN:
+                return f"no answer within {budget * 1000:g} ms"
             outcome = _follow(sock, reply)
             if isinstance(outcome, str):
                 return outcome

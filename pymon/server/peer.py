@@ -19,12 +19,18 @@ CAP_SYS_RESOURCE = 24
 _NS_PATHS = {ns: f"ns/{ns}" for ns in NAMESPACES}
 
 
-def _status_field(pid: int | str, name: bytes) -> bytes:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(name + b":"):
-                return line[len(name) + 1:].strip()
-    return b""
+def _field(status: bytes, name: bytes) -> bytes:
+    """One field of a /proc/PID/status text, b"" if it has none."""
+    key = name + b":"
+    if status.startswith(key):
+        start = len(key)
+    else:
+        start = status.find(b"\n" + key)
+        if start < 0:
+            return b""
+        start += len(key) + 1
+    end = status.find(b"\n", start)
+    return status[start:end if end >= 0 else len(status)].strip()
 
 
 class Self:
@@ -35,7 +41,8 @@ class Self:
         self.groups = frozenset(os.getgroups())
         self.namespaces = {ns: self._ident(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
         self.root = self._ident("/proc/self/root")
-        caps = int(_status_field("self", b"CapEff") or b"0", 16)
+        with open("/proc/self/status", "rb") as f:
+            caps = int(_field(f.read(), b"CapEff") or b"0", 16)
         self.can_raise_limits = bool(caps >> CAP_SYS_RESOURCE & 1)
         # Read once: a hard limit only goes down, and the server lowers none of its own
         self.hard_limits = tuple(resource.getrlimit(r)[1] for r in range(RLIMIT_COUNT))
@@ -87,9 +94,7 @@ class Self:
             raise Rejected(f"peer {pid} cannot be inspected: {e.strerror}") from None
         finally:
             os.close(proc)
-        start = text.find(b"\nGroups:")
-        groups = text[start + 8:text.find(b"\n", start + 8)].split() if start >= 0 else []
-        if frozenset(int(g) for g in groups) != self.groups:
+        if frozenset(int(g) for g in _field(text, b"Groups").split()) != self.groups:
             raise Rejected("peer has other supplementary groups")
 
     def check_request(self, req: Request, peer_pid: int) -> None:

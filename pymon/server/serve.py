@@ -300,10 +300,9 @@ class Server:
             pid, uid, gid = cred
             self.me.check_peer(pid, uid, gid)
             req = decode_request(data, fds)
+            self._check_code()  # first: a changed server says so, whatever the launcher's
             if req.version != VERSION:
-                self._check_code()
                 raise Rejected(f"launcher is pymon {req.version}, server is pymon {VERSION}")
-            self._check_code()
             self.me.check_request(req, pid)
         except Rejected:
             raise

@@ -112,10 +112,13 @@ class Podman:
     def inspect(self, ctr: str, fmt: str) -> str:
         return self.ok("inspect", "--format", fmt, ctr).decode().removesuffix("\n")
 
-    def wait_for(self, ctr: str, fmt: str, want: str, timeout: float = 20) -> None:
-        """Poll `podman inspect` (there is no event to await) until fmt renders to want."""
+    def wait_for(self, ctr: str, fmt: str, want: str | tuple[str, ...],
+                 timeout: float = 20) -> None:
+        """Poll `podman inspect` (there is no event to await) until fmt renders to want
+        (or to one of them)."""
+        wanted = (want,) if isinstance(want, str) else want
         deadline = time.monotonic() + timeout
-        while (got := self.inspect(ctr, fmt)) != want:
+        while (got := self.inspect(ctr, fmt)) not in wanted:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ctr}: {fmt} is {got!r}, wanted {want!r}")
             time.sleep(0.05)

@@ -79,11 +79,7 @@ def assert_exited(podman: Podman, ctr: str, code: int) -> None:
     that it shows "running" with exit code 0 for as long as the monitor is recording the
     exit, which a `run` whose attach a fast monitor refused can ask about: wait for podman
     to have read the exit file before reading the code."""
-    deadline = time.monotonic() + 20
-    while (status := podman.inspect(ctr, "{{.State.Status}}")) not in ("stopped", "exited"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{ctr}: still {status!r}, its exit file never read")
-        time.sleep(0.05)
+    podman.wait_for(ctr, "{{.State.Status}}", ("stopped", "exited"))
     assert podman.inspect(ctr, "{{.State.ExitCode}}") == str(code)
     podman.wait_for(ctr, "{{.State.Status}} {{.State.ExitCode}}", f"exited {code}")
 

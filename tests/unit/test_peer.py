@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pymon.server.peer import Self
+from pymon.server.peer import Self, _field
 from pymon.server.wire import Rejected
 
 
@@ -44,3 +44,12 @@ def test_a_peer_in_another_namespace_is_refused_by_name() -> None:
     me.namespaces["uts"] = (0, 0)  # as if the peer's differed from ours
     with pytest.raises(Rejected, match="another uts namespace"):
         me.check_peer(os.getpid(), os.geteuid(), os.getegid())
+
+
+def test_status_fields_are_found_wherever_they_are() -> None:
+    text = b"Name:\tpymon\nGroups:\t1 2 \nCapEff:\t00000000a80425fb"
+    assert _field(text, b"Name") == b"pymon"
+    assert _field(text, b"Groups") == b"1 2"
+    assert _field(text, b"CapEff") == b"00000000a80425fb"  # the last line, no newline
+    assert _field(text, b"Uid") == b""
+    assert _field(b"Groups:\t\n", b"Groups") == b""
