@@ -14,8 +14,9 @@ the same probe into the same running runc container, interleaved one probe at a 
   cpu monitor  the monitor's own CPU. conmon and cold pymon: the process CRI-O started
                (the zombie's schedstat). Warm pymon: the launcher's, plus the monitor the
                server forked (its zombie's schedstat, read by the server's reaper:
-               bench/execsync_server.py), plus the server's own CPU for that request
-               (accept, decode, fork, reap: its schedstat before and after)
+               bench/execsync_server.py; a spare's rehearsal is its own), plus the
+               server's own CPU from the probe's start to the variant's next probe's
+               (accept, decode, hand over or fork, reap, fork the next spare)
   cpu total    the same plus what the monitor waited for (runc exec, the probe): wait4's
                rusage of the process CRI-O started; warm: of the launcher and of the
                forked monitor, plus the server's share
@@ -39,6 +40,7 @@ import select
 import shlex
 import statistics
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,19 @@ class Variant:
     server: Server | None = None
     reaped: int | None = None  # read end of the hooked server's "PID OWN TOTAL" records
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # A served probe waits here for the server's share, which runs until the variant's next
+    # probe starts: the server forks the next spare after the launch, on nobody's time
+    pending: dict[str, float] | None = None
+    server_cpu_at: int = 0  # the server's schedstat when the pending probe started
+
+    def settle(self, now_ns: int) -> None:
+        """Record the pending probe, with the server's CPU from its start to now_ns."""
+        if self.pending is not None:
+            server = (now_ns - self.server_cpu_at) / 1e9
+            p, self.pending = self.pending, None
+            self.add(self.name, wall=p["wall"], cpu=p["cpu"] + server,
+                     total=p["total"] + server, launcher=p["launcher"], monitor=p["monitor"],
+                     server=server)
 
     def add(self, name: str, **values: float) -> None:
         per = self.samples.setdefault(name, {})
@@ -169,6 +184,10 @@ def main() -> None:
             k = i % len(variants)
             for v in variants[k:] + variants[:k]:
                 measure(v, i == 0, target.cid, probe, ws.dir, comm)
+        time.sleep(0.2)  # what the servers do after their last probe (the next spare)
+        for v in variants:
+            if v.server is not None:
+                v.settle(schedstat_ns(v.server.pid))
     finally:
         if target is not None:
             target.stop()
@@ -191,12 +210,12 @@ def measure(v: Variant, warm_up: bool, cid: str, probe: list[str], directory: Pa
         if v.server is not None and v.reaped is not None:
             drain(v.reaped)
             server0 = schedstat_ns(v.server.pid)
+            v.settle(server0)
         res = execsync.run(v.command, argv, env=v.env)
         served = v.server is not None and res.comm == launcher_comm
         if served:
             assert v.reaped is not None and v.server is not None
             _, own, total = read_record(v.reaped)
-            server = (schedstat_ns(v.server.pid) - server0) / 1e9
     finally:
         files.cleanup()
     if res.message != {"exit_code": 0}:
@@ -207,9 +226,9 @@ def measure(v: Variant, warm_up: bool, cid: str, probe: list[str], directory: Pa
         name = v.name if v.server is None else FELL_BACK if v.name == WARM else f"{v.name}: fell back"
         v.add(name, wall=res.wall, cpu=res.cpu_monitor, total=res.cpu_total)
         return
-    v.add(v.name, wall=res.wall, cpu=res.cpu_monitor + own + server,
-          total=res.cpu_total + total + server, launcher=res.cpu_monitor, monitor=own,
-          server=server)
+    v.pending = {"wall": res.wall, "cpu": res.cpu_monitor + own,
+                 "total": res.cpu_total + total, "launcher": res.cpu_monitor, "monitor": own}
+    v.server_cpu_at = server0
 
 
 def report(variants: list[Variant], probe: str) -> None:

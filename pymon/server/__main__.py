@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-settle", action="store_true",
                     help="leave the code that is not warm by the snapshot counting its calls: "
                          "monitors that run it then copy its pages")
+    ap.add_argument("--no-spare", action="store_true",
+                    help="fork each monitor when its launcher comes, not one ahead")
     ap.add_argument("--version", action="version", version=f"pymon-server {VERSION}")
     args = ap.parse_args(argv)
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if marked:
             say(f"{marked >> 20} MiB offered to KSM, for the monitors' copies; ksmd is "
                 f"{'running' if ksm.ksmd_state() == '1' else 'off'} on this host")
-    return Server(sock, path, verbose=args.verbose).run()
+    return Server(sock, path, verbose=args.verbose, spares=not args.no_spare).run()
 
 
 if __name__ == "__main__":

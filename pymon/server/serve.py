@@ -29,10 +29,15 @@ from pymon.cli import VERSION
 from pymon.server import cgroups, twin
 from pymon.server.peer import Self
 from pymon.server.rescue import Rescuer
+from pymon.server.spare import Spare, fork_spare
 from pymon.server.stamp import CodeStamp
 from pymon.server.wire import Rejected, Request, decode_request
 
 REQUEST_DEADLINE = 1.0  # a connection that has sent nothing by then is dropped
+# The next spare is forked once the server has been this quiet (spare.py): a fork and a
+# rehearsal on the other CPU would slow the runtime of the launch just handed over
+SPARE_QUIET = 0.02
+SPARE_RETRY = 1.0  # after a spare died unused: not a fork loop
 BACKLOG = 128
 _CRED = struct.Struct("3i")
 _SEQPACKET = int(socket.SOCK_SEQPACKET)
@@ -73,7 +78,8 @@ def take_token(fd: int) -> None:
 
 
 class Server:
-    def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False) -> None:
+    def __init__(self, listener: socket.socket, path: str | None, verbose: bool = False,
+                 spares: bool = True) -> None:
         self.listener = listener
         self.listener.setblocking(False)
         self.path = path
@@ -89,6 +95,10 @@ class Server:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller = select.poll()
         self.rescuer = Rescuer(self.poller, self.mounts, say, self.debug)
+        self.spares = spares
+        self.spare: Spare | None = None
+        self.spare_due: float | None = None  # monotonic; None: none wanted now
+        self.sample = b""  # twin.sample_request(), once our own state is final (run)
 
     def debug(self, text: str) -> None:
         if self.verbose:
@@ -116,6 +126,9 @@ class Server:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as e:
             say(f"cannot raise the open file limit: {e}")
+        if self.spares:
+            self.sample = twin.sample_request()
+            self.spare_due = 0.0
         poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
@@ -127,11 +140,19 @@ class Server:
         try:
             while not self.stopping:
                 timeout = None
-                if self.pending:
-                    nearest = min(deadline for _, deadline in self.pending.values())
-                    timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
+                deadlines = [deadline for _, deadline in self.pending.values()]
+                if self.spare_due is not None:
+                    deadlines.append(self.spare_due)
+                if deadlines:
+                    timeout = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+                events = poller.poll(timeout)
+                if self.spare_due is not None:
+                    if events:  # not quiet yet
+                        self.spare_due = max(self.spare_due, time.monotonic() + SPARE_QUIET)
+                    elif time.monotonic() >= self.spare_due:
+                        self._fork_spare()
                 signalled = False
-                for fd, _ in poller.poll(timeout):
+                for fd, _ in events:
                     if fd == self.wake_r:
                         self._drain_wakeups()
                         signalled = True
@@ -206,7 +227,52 @@ class Server:
             if pid == 0:
                 return
             self.monitors.discard(pid)
+            if self.spare is not None and pid == self.spare.pid:
+                say(f"spare {pid} died unused (wait status {status})")
+                self._drop_spare(retry=SPARE_RETRY)
+                continue
             self.rescuer.reaped(pid, status)
+
+    # --- the spare (spare.py) ----------------------------------------------------------
+
+    def _fork_spare(self) -> None:
+        self.spare_due = None
+        try:
+            self.spare = fork_spare(self.mounts, self.sample)
+        except OSError as e:
+            say(f"could not fork a spare: {e.strerror or e}")
+            self.spare_due = time.monotonic() + SPARE_RETRY
+            return
+        self.debug(f"forked spare {self.spare.pid}")
+
+    def _drop_spare(self, retry: float, kill: bool = False) -> None:
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return
+        if kill:
+            try:
+                os.kill(spare.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        spare.close()
+        if self.spares and not self.stopping:
+            self.spare_due = time.monotonic() + retry
+
+    def _hand_to_spare(self, data: bytes, conn: socket.socket, received: list[int],
+                       channel: int | None) -> int | None:
+        """The launch handed to the ready spare: its pid. None if there is none, or it
+        could not take it (then it is killed, and the caller forks)."""
+        spare = self.spare
+        if spare is None or not spare.is_ready():
+            return None
+        try:
+            spare.hand(data, conn.fileno(), received, channel)
+        except OSError as e:
+            say(f"spare {spare.pid} could not take a launch ({e.strerror}): forking")
+            self._drop_spare(retry=SPARE_RETRY, kill=True)
+            return None
+        self._drop_spare(retry=SPARE_QUIET)  # it is a monitor now: the next one later
+        return spare.pid
 
     # --- one request -----------------------------------------------------------------
 
@@ -241,7 +307,7 @@ class Server:
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
             return True
         try:
-            pid = self._fork(req, conn, received)
+            pid = self._fork(req, data, conn, received)
         except Rejected as e:
             # No monitor exists, so "refused" is still true: the launcher runs cold
             say(f"could not fork a monitor for launcher {peer}: {e}")
@@ -319,10 +385,17 @@ class Server:
             self.stopping = True
             raise Rejected(f"server code changed since it started ({changed}); server exits")
 
-    def _fork(self, req: Request, conn: socket.socket, received: list[int]) -> int:
+    def _fork(self, req: Request, data: bytes, conn: socket.socket, received: list[int]) -> int:
         # An exec session is never rescued (its monitor drops the channel): none to make,
         # watch and close for each of CRI-O's exec probes
         channel = None if _is_exec(req.argv) else self.rescuer.channel()
+        pid = self._hand_to_spare(data, conn, received,
+                                  channel[1].fileno() if channel is not None else None)
+        if pid is not None:
+            if channel is not None:
+                channel[1].close()
+                self.rescuer.watch(pid, channel[0], req)
+            return pid
         try:
             pid = _native.fork()  # not os.fork: see _native/_build.py
         except OSError as e:
@@ -348,6 +421,13 @@ class Server:
         return pid
 
     def close(self) -> None:
+        spare = self.spare
+        self._drop_spare(retry=0, kill=True)
+        if spare is not None:
+            try:
+                os.waitpid(spare.pid, 0)
+            except ChildProcessError:
+                pass
         self.stamp.close()
         for conn, _ in self.pending.values():
             conn.close()

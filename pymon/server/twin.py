@@ -19,14 +19,17 @@ import resource
 import time
 
 from pymon import handover, logformat, procattrs, sync
+from pymon.cli import parse_args
+from pymon.config import build_config
 from pymon.diag import log
 from pymon.errors import PymonError, SetupError
 from pymon.handover import Invocation
+from pymon.launcher import client
 from pymon.monitor.lifeline import Lifeline
 from pymon.monitor.prepare import Prepared, begin, prepare, write_all
 from pymon.monitor.setup import monitor_process
 from pymon.server import cgroups
-from pymon.server.wire import MASK64, Request
+from pymon.server.wire import MASK64, Request, decode_request
 
 # Python ignores these at start-up in every interpreter, so a cold monitor has them ignored
 # whatever the engine passed; the server's are the same.
@@ -118,6 +121,52 @@ def _process_state(req: Request) -> str | None:
     except OSError:
         pass
     return problem
+
+
+# The argv of CRI-O's ExecSync (exec probes: the most frequent launch on a node), for
+# rehearse(); podman's create parses through the same code, most of it
+_SAMPLE_ARGV = (
+    "-c", "0" * 64, "-n", "k8s_probe", "-r", "/bin/true", "-p", "/run/pidfile", "-e",
+    "-l", "/run/log", "--socket-dir-path", "/run", "--log-level", "info", "--sync",
+    "--log-global-size-max", "16777216", "-T", "5", "--exec-process-spec", "/run/spec",
+    "--runtime-arg", "--root=/run/runc")
+
+
+def leave_server(keep: tuple[int, ...]) -> None:
+    """In a spare (spare.py), at once: none of the server's fds but `keep` and 0-2, and
+    none of its signal handlers (a SIGTERM ends a spare; Python's wake-up fd is the
+    server's pipe)."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    procattrs.close_fds_except(set(keep), low=3)
+
+
+def sample_request() -> bytes:
+    """A request for rehearse(): this process's own state, as a launcher would send it,
+    with the argv of CRI-O's ExecSync. Made once by the server, for each spare to use."""
+    comm = procattrs.read_small("/proc/self/comm").strip()
+    return client.request([comm, *_SAMPLE_ARGV], ())
+
+
+def rehearse(sample: bytes) -> None:
+    """run()'s Python up to its first side effect, on values that change nothing: the
+    server's own state and CRI-O's ExecSync argv (`sample`: sample_request()). A
+    spare (spare.py) does this before any launcher waits for it, so that the pages a
+    monitor's set-up writes are copied by then (each copy is a fault, ~3 us on these VMs),
+    not on the launcher's time."""
+    gc.freeze()
+    req = decode_request(sample, 0)
+    _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
+    _process_state(req)
+    inv = Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
+                     os.fsdecode(req.cwd), req.umask, ())
+    try:
+        parsed = parse_args(list(inv.args))
+        if not isinstance(parsed, str):
+            build_config(parsed, inv.cwd)
+    except PymonError:
+        pass  # a path of the sample's that this host lacks: rehearsed up to there
 
 
 def _send(conn: int, kind: str, value: int = 0, text: str = "") -> None:

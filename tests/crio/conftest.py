@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.engine import children, ppid, wait_pid_gone
+from tests.fakes.engine import monitors_of, ppid, wait_pid_gone
 from tests.fakes.server import WarmServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ class MonitorUnderTest:
                 out.add(int(name))
         if self.server is not None:
             argvs = None
-            for child in children(self.server.server.pid):
+            for child in monitors_of(self.server.server.pid):
                 launcher = self.server.launcher_of(child)
                 if launcher is None:  # not a monitor we know of: count it, to be safe
                     out.add(child)
@@ -212,7 +212,7 @@ def monitor(request: pytest.FixtureRequest,
                 base / "pymon-warm", entry, server.env(), launches), entry, launches, log)
             # the rig is stopped by now: no monitor of the server may be left, and no
             # launch may have gone cold (the tests would have tested the cold path)
-            left = children(server.pid)
+            left = monitors_of(server.pid)
             assert not left, f"warm monitors left after the rig stopped: {left}"
             launched = set(read_launches(launches))
             served = set(log.forks().values())

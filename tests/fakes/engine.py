@@ -112,6 +112,39 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+SPARE_COMM = "pymon-spare"  # pymon/server/spare.py
+
+
+def comm_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
+def monitors_of(server: int) -> list[int]:
+    """A server's children but its spare (pymon/server/spare.py): the monitors it forked
+    or handed a launch to, and what it reaped as a subreaper."""
+    return [pid for pid in children(server) if comm_of(pid) != SPARE_COMM]
+
+
+def spares_of(server: int) -> list[int]:
+    return [pid for pid in children(server) if comm_of(pid) == SPARE_COMM]
+
+
+def wait_for_spare(server: int, other_than: int | None = None, timeout: float = 10) -> int:
+    """The server's spare once it has rehearsed (it takes its name then), other than
+    `other_than`. Polled: nothing outside the server tells when a spare is ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [pid for pid in spares_of(server) if pid != other_than]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server {server} has no spare (other than {other_than})")
+        time.sleep(0.01)
+
+
 def wait_pid_gone(pid: int, timeout: float) -> None:
     try:
         fd = os.pidfd_open(pid)

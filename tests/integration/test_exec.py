@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.conftest import RUNC, Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import Session, wait_pid_gone
+from tests.fakes.engine import Session, monitors_of, wait_for_spare, wait_pid_gone
 from tests.integration.test_lifecycle import runc_start
 
 pytestmark = pytest.mark.timeout(90)
@@ -189,7 +190,6 @@ def test_background_writer_is_drained_then_idle_holder_released(running, launche
     """The exec'd process exits but leaves children holding its stdout: what they write
     while the pipe stays busy is relayed; a holder that stays quiet does not keep the
     engine waiting for the exit file (the drain stops after DRAIN_IDLE)."""
-    import time
 
     cid, bundle, _ = running
     ex = Exec(launcher, cid, bundle,
@@ -207,11 +207,7 @@ def test_background_writer_is_drained_then_idle_holder_released(running, launche
 def server_children(launcher: Launcher) -> set[int]:
     if launcher.server is None:
         return set()
-    pid = launcher.server.pid
-    try:
-        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
+    return set(monitors_of(launcher.server.pid))
 
 
 def server_sockets(launcher: Launcher) -> int:
@@ -227,12 +223,18 @@ def test_a_warm_exec_session_gets_no_rescue_channel(running, launcher: Launcher)
     if launcher.server is None:
         pytest.skip("a cold monitor has no server")
     cid, bundle, _ = running
+    server = launcher.server.pid
+    # Counted while the server has a spare ready (spare.py), which holds one socket of the
+    # server's: before the exec is handed to it, and once the next one is forked
+    spare = wait_for_spare(server, other_than=None)
     before = server_sockets(launcher)
-    assert before >= 2  # the listening socket and the running container's channel
+    assert before >= 3  # the listener, the running container's channel, the spare's
     ex = Exec(launcher, cid, bundle, ["sleep", "1000"], attach=False)
     assert ex.pid_message()["data"] > 0
-    assert server_children(launcher)  # served warm, and running
+    assert spare in server_children(launcher)  # handed to the spare, and running
+    wait_for_spare(server, other_than=spare)
     assert server_sockets(launcher) == before
+
 
 
 BAD_EXEC_INPUT = ["timeout 0", "timeout -5", "spec missing", "spec malformed", "log dir gone"]

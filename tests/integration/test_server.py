@@ -19,7 +19,16 @@ import pytest
 from pymon import handover
 from pymon.cli import VERSION
 from tests.conftest import RUNC, Bundles, Launcher
-from tests.fakes.engine import Session, children, ppid, wait_for
+from tests.fakes.engine import (
+    SPARE_COMM,
+    Session,
+    comm_of,
+    monitors_of,
+    ppid,
+    wait_for,
+    wait_for_spare,
+    wait_pid_gone,
+)
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -176,7 +185,7 @@ def test_hostile_requests_are_refused_and_harm_nothing(bundles: Bundles, warm: L
             os.close(empty_r)
             os.close(empty_w)
         assert kind == handover.REFUSED and "ran cold first" in why, why
-        assert not children(server.pid)  # and no monitor was forked for any of them
+        assert not monitors_of(server.pid)  # and no monitor was forked for any of them
     finally:
         os.close(r)
         os.close(w)
@@ -476,14 +485,46 @@ def test_refused_after_the_token_runs_cold(bundles: Bundles, warm: Launcher,
     """The server takes a launcher's token before it checks the peer (handover.py); a
     peer it then refuses (here: in another UTS namespace) is told so and runs cold, with
     its container as it should be, and the server forks nothing for it."""
-    before = set(children(server.pid))
+    before = set(monitors_of(server.pid))
     bundle = bundles.make(["echo", "cold after all"])
     session, paths = warm.create(bundle, wrapper=["unshare", "--uts"])
     assert session.wait_p0() == 0, session.p0_stderr
     assert json.loads(session.read_sync())["data"] > 0
     assert ppid(session.monitor_pid) != server.pid
-    assert set(children(server.pid)) <= before
+    assert set(monitors_of(server.pid)) <= before
     server.wait_for(b"refused: peer is in another uts namespace")
     start_and_wait(session, paths.cid)
     assert paths.exit_file.read_bytes() == b"0"
     assert b"cold after all" in paths.log.read_bytes()
+
+
+def test_a_launch_is_handed_to_the_spare(bundles: Bundles, warm: Launcher,
+                                         server: WarmServer) -> None:
+    """The server forks its next monitor ahead (pymon/server/spare.py): a launch is handed
+    to that spare, which becomes its monitor as a forked one would. The next spare comes
+    once the server is quiet; one killed unused is replaced, launches are forked meanwhile;
+    an idle spare is nobody's monitor and dies with the server."""
+    spare = wait_for_spare(server.pid)
+    session, paths = warm.create(bundles.make(["echo", "handed"]))
+    assert session.wait_p0() == 0, session.p0_stderr
+    assert json.loads(session.read_sync())["data"] > 0
+    assert session.monitor_pid == spare
+    assert comm_of(spare) not in (None, SPARE_COMM)  # its launcher's name now, as cold
+    start_and_wait(session, paths.cid)
+    assert paths.exit_file.read_bytes() == b"0"
+    assert b"handed" in paths.log.read_bytes()
+
+    unused = wait_for_spare(server.pid, other_than=spare)
+    os.kill(unused, signal.SIGKILL)
+    server.wait_for(f"spare {unused} died unused".encode())
+    session, paths = warm.create(bundles.make(["echo", "forked"]))
+    assert session.wait_p0() == 0, session.p0_stderr
+    assert json.loads(session.read_sync())["data"] > 0
+    assert ppid(session.monitor_pid) == server.pid  # warm all the same
+    start_and_wait(session, paths.cid)
+    assert b"forked" in paths.log.read_bytes()
+
+    last = wait_for_spare(server.pid, other_than=unused)  # after SPARE_RETRY (1 s)
+    assert server.proc is not None
+    server.proc.kill()
+    wait_pid_gone(last, 10)

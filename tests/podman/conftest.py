@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.bundle import BUSYBOX, RUNC, make_rootfs
-from tests.fakes.engine import ppid, wait_pid_gone
+from tests.fakes.engine import monitors_of, ppid, wait_pid_gone
 from tests.fakes.journal import PrivateJournal
 from tests.fakes.journal import available as journald_available
 from tests.fakes.server import WarmServer
@@ -146,13 +146,11 @@ class Monitors:
         self.pattern = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", str(entry))
 
     def pids(self) -> set[int]:
-        found = set()
-        for args in (["-f", self.pattern], ["-P", str(self.server.pid)] if self.server else []):
-            if not args:
-                continue
-            r = subprocess.run(["pgrep", *args], capture_output=True, timeout=10)
-            assert r.returncode in (0, 1), r
-            found |= {int(p) for p in r.stdout.split()}
+        r = subprocess.run(["pgrep", "-f", self.pattern], capture_output=True, timeout=10)
+        assert r.returncode in (0, 1), r
+        found = {int(p) for p in r.stdout.split()}
+        if self.server is not None:  # its spare is nobody's monitor yet
+            found |= set(monitors_of(self.server.pid))
         return found - {os.getpid()}
 
     def monitor_pids(self) -> set[int]:
