@@ -237,6 +237,9 @@ class Server:
 
     def _fork_spare(self) -> None:
         self.spare_due = None
+        if _thread._count():
+            say("server has a thread; it will not fork a spare")  # never expected
+            return
         try:
             self.spare = fork_spare(self.mounts, self.sample)
         except OSError as e:

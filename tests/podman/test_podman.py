@@ -831,7 +831,15 @@ def test_oom_kill_before_the_monitor_watches(other_podman: Callable[..., Podman]
         assert (r.returncode, r.stdout) in ((137, b""), (126, b""), (127, b"")), r
         assert r.returncode == 137 or r.stderr.endswith(
             b"connection refused\n" if r.returncode == 126 else b"no such file or directory\n"), r
-    assert_exited(podman, "early-hog", 137)
+    try:
+        assert_exited(podman, "early-hog", 137)
+    except TimeoutError:
+        # podman gave up at the attach (126, 127: the warm monitor had recorded the exit
+        # and closed its socket), before its `start`, and then may keep the container
+        # "created" for good: it reads no exit for a container it never started
+        assert r.returncode != 137 and podman.inspect("early-hog", "{{.State.Status}}") == \
+            "created", r
+        return
     assert podman.inspect("early-hog", "{{.State.OOMKilled}}") == "true"
 
 
