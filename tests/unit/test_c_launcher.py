@@ -19,6 +19,7 @@ import signal
 import socket
 import stat
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -663,6 +664,39 @@ def test_c_string_survives_any_text(tmp_path: Path) -> None:
     done = subprocess.run([dest, "x"], env={"PYMON_SOCKET": ""}, capture_output=True,
                           timeout=TIMEOUT, check=True)
     assert json.loads(done.stdout)["argv"][1:] == ["-IS", "-c", bootstrap(roots, dest), "x"]
+
+
+def _interpreter(path: str) -> bool:
+    """Whether the ELF file at `path` names a dynamic loader (a PT_INTERP header)."""
+    data = Path(path).read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3  # PT_INTERP
+               for i in range(phnum))
+
+
+def test_the_launcher_is_static_where_it_can_be(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linked statically (no dynamic loader to run on every exec) where the static C
+    library is installed, as on CI's Debian; linked as usual where it is not, here made
+    to fail with a flag the linker refuses."""
+    probe = tmp_path / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    cc = compiler()
+    assert cc is not None
+    can = subprocess.run([*cc, "-static-pie", "-o", str(tmp_path / "probe"), str(probe)],
+                         capture_output=True, timeout=TIMEOUT).returncode == 0
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!{sys.executable} -IS\n{FAKE_PYTHON}")
+    fake.chmod(0o755)
+    for name, static in (("static", build_mod.STATIC), ("fallback", ("-Wl,--no-such-flag",))):
+        monkeypatch.setattr(build_mod, "STATIC", static)
+        dest = str(tmp_path / name)
+        assert build(dest, str(fake), ["/r"])
+        assert _interpreter(dest) == (name == "fallback" or not can), name
+        done = subprocess.run([dest, "x"], env={"PYMON_SOCKET": ""}, capture_output=True,
+                              timeout=TIMEOUT, check=True)
+        assert json.loads(done.stdout)["argv"][-1] == "x"
 
 
 def test_staged_launcher_names_its_installed_path(tmp_path: Path) -> None:
