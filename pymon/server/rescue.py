@@ -175,9 +175,10 @@ class Rescuer:
 
     # --- reaping ---------------------------------------------------------------------
 
-    def reaped(self, pid: int, status: int) -> None:
+    def reaped(self, pid: int, status: int, monitor: bool = False) -> None:
         """Every child the server reaps: a monitor, a replacement, a container whose
-        monitor died (re-parented to us), or another orphan."""
+        monitor died (re-parented to us), or another orphan. `monitor`: the server forked
+        it as a monitor (or handed it a launch), so it is no container."""
         w = self.watches.pop(pid, None)
         if w is not None:
             self._drain(w)  # what it sent before it died is still queued
@@ -202,6 +203,11 @@ class Rescuer:
                 if waiting is not None and waiting[1] is w:  # not replaced: nobody waits
                     os.close(waiting[0])
                     del self.waiting[w.registered.container_pid]
+            return
+        if monitor:
+            # An exec session's (it has no channel): not a container, so no REGISTER to
+            # look for. Without this, each of CRI-O's exec probes read every running
+            # monitor's channel when it ended.
             return
         w = self.containers.get(pid)
         if w is None and pid not in self.waiting:

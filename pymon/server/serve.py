@@ -226,12 +226,13 @@ class Server:
                 return
             if pid == 0:
                 return
+            monitor = pid in self.monitors
             self.monitors.discard(pid)
             if self.spare is not None and pid == self.spare.pid:
                 say(f"spare {pid} died unused (wait status {status})")
                 self._drop_spare(retry=SPARE_RETRY)
                 continue
-            self.rescuer.reaped(pid, status)
+            self.rescuer.reaped(pid, status, monitor)
 
     # --- the spare (spare.py) ----------------------------------------------------------
 

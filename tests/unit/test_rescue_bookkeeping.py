@@ -77,6 +77,20 @@ def test_container_reaped_before_its_monitor() -> None:
     rescuer.close()
 
 
+def test_a_reaped_exec_monitor_reads_no_channel() -> None:
+    """An exec session's monitor has no channel; when it is reaped the server knows it
+    forked it, so it reads none of the running monitors' channels looking for a REGISTER
+    (what it does for a pid it cannot place: a container re-parented to it)."""
+    rescuer, monitor, _ = setup()
+    socket.send_fds(monitor, [rw.encode_register(CONTAINER, "")], [])
+    rescuer.reaped(MONITOR + 10, 0, monitor=True)
+    assert CONTAINER not in rescuer.containers  # the REGISTER is still queued
+    rescuer.reaped(MONITOR + 11, 0)  # an unknown child: the channels are read
+    assert rescuer.containers[CONTAINER] is rescuer.watches[MONITOR]
+    monitor.close()
+    rescuer.close()
+
+
 def test_bad_messages_are_dropped_with_their_fds() -> None:
     rescuer, monitor, said = setup()
     r, w = os.pipe()
