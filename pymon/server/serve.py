@@ -29,7 +29,7 @@ from pymon.cli import VERSION
 from pymon.server import cgroups, twin
 from pymon.server.peer import Self
 from pymon.server.rescue import Rescuer
-from pymon.server.spare import Spare, fork_spare
+from pymon.server.spare import Spare, can_leave_idle, fork_spare
 from pymon.server.stamp import CodeStamp
 from pymon.server.wire import Rejected, Request, decode_request
 
@@ -99,6 +99,7 @@ class Server:
         self.spare: Spare | None = None
         self.spare_due: float | None = None  # monotonic; None: none wanted now
         self.sample = b""  # twin.sample_request(), once our own state is final (run)
+        self.spare_idle = False  # spares rehearse at SCHED_IDLE (spare.can_leave_idle)
 
     def debug(self, text: str) -> None:
         if self.verbose:
@@ -126,8 +127,11 @@ class Server:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as e:
             say(f"cannot raise the open file limit: {e}")
+        # What a forked monitor starts from; set no disposition or mask after this
+        twin.note_signals()
         if self.spares:
             self.sample = twin.sample_request()
+            self.spare_idle = can_leave_idle()
             self.spare_due = 0.0
         poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
@@ -242,7 +246,7 @@ class Server:
             say("server has a thread; it will not fork a spare")  # never expected
             return
         try:
-            self.spare = fork_spare(self.mounts, self.sample)
+            self.spare = fork_spare(self.mounts, self.sample, self.spare_idle)
         except OSError as e:
             say(f"could not fork a spare: {e.strerror or e}")
             self.spare_due = time.monotonic() + SPARE_RETRY

@@ -69,9 +69,10 @@ class Spare:
         self.sock.close()
 
 
-def fork_spare(mounts: list[cgroups.Mount], sample: bytes) -> Spare:
-    """Fork a spare, which rehearses with `sample` (twin.sample_request()). Raises OSError
-    if the fork or the socketpair fails."""
+def fork_spare(mounts: list[cgroups.Mount], sample: bytes, idle: bool) -> Spare:
+    """Fork a spare, which rehearses with `sample` (twin.sample_request()), at SCHED_IDLE
+    if `idle` (can_leave_idle(), asked once by the server). Raises OSError if the fork or
+    the socketpair fails."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server = os.getpid()
     try:
@@ -83,7 +84,7 @@ def fork_spare(mounts: list[cgroups.Mount], sample: bytes) -> Spare:
     if pid == 0:
         status = 1
         try:
-            status = wait_and_run(theirs.fileno(), server, mounts, sample)
+            status = wait_and_run(theirs.fileno(), server, mounts, sample, idle)
         except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
             try:
                 os.write(2, f"[conmon:e]: warm monitor failed: {e!r}\n".encode())
@@ -96,7 +97,8 @@ def fork_spare(mounts: list[cgroups.Mount], sample: bytes) -> Spare:
     return Spare(pid, ours)
 
 
-def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: bytes) -> int:
+def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: bytes,
+                 idle: bool) -> int:
     """The spare's life: rehearse, say so, wait for a launch, then be its monitor."""
     _native.set_pdeathsig(signal.SIGKILL)  # nobody's monitor yet: nothing to lose
     if os.getppid() != server:
@@ -104,7 +106,6 @@ def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: by
     twin.leave_server(keep=(sock,))
     # Rehearsed at SCHED_IDLE: the launch just handed to the previous spare runs on the
     # other CPU meanwhile, and goes first
-    idle = _can_leave_idle()
     if idle:
         policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -137,7 +138,7 @@ def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: by
     return twin.run(req, conn, received, mounts, channel)
 
 
-def _can_leave_idle() -> bool:
+def can_leave_idle() -> bool:
     """Linux lets a process leave SCHED_IDLE only with CAP_SYS_NICE or an RLIMIT_NICE
     that allows its nice value (sched(7)): a server without either (rootless, say) does
     not rehearse its spares at SCHED_IDLE, since they would stay there as monitors."""

@@ -31,10 +31,6 @@ from pymon.monitor.setup import monitor_process
 from pymon.server import cgroups
 from pymon.server.wire import MASK64, Request, decode_request
 
-# Python ignores these at start-up in every interpreter, so a cold monitor has them ignored
-# whatever the engine passed; the server's are the same.
-_PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
-
 
 def _install_fds(targets: list[int], received: list[int], conn: int,
                  lifeline: int | None) -> tuple[int, int | None]:
@@ -54,22 +50,74 @@ def _install_fds(targets: list[int], received: list[int], conn: int,
     return conn, lifeline
 
 
+class _Dispositions:
+    """This process's signal state as Python's table has it: which signals are ignored,
+    which have a Python handler, which are blocked. The server notes it once (note());
+    a monitor forked from it then sets only the dispositions it wants changed, where it
+    asked Python about all 64 on every launch. Unknown (None) until noted."""
+
+    ignored: int | None = None
+    handled = 0
+    blocked = 0
+
+    @classmethod
+    def note(cls) -> None:
+        ignored = handled = 0
+        for sig in range(1, signal.NSIG):
+            try:
+                handler = signal.getsignal(sig)
+            except (OSError, ValueError):
+                continue
+            if handler == signal.SIG_IGN:
+                ignored |= 1 << (sig - 1)
+            elif handler is not None and handler != signal.SIG_DFL:
+                handled |= 1 << (sig - 1)
+            # None: not Python's to set (the C library's reserved real-time signals)
+        cls.ignored, cls.handled = ignored, handled
+        cls.blocked = _mask(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+note_signals = _Dispositions.note
+_UNCATCHABLE = 1 << (signal.SIGKILL - 1) | 1 << (signal.SIGSTOP - 1)
+# Python ignores these at start-up in every interpreter, so a cold monitor has them ignored
+# whatever the engine passed; the server's are the same.
+_PYTHON_IGNORED = 1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)
+
+
+def _mask(sigs: object) -> int:
+    mask = 0
+    for sig in sigs:  # type: ignore[attr-defined]
+        mask |= 1 << (int(sig) - 1)
+    return mask
+
+
 def _signal_state(blocked: int, ignored: int) -> None:
     signal.set_wakeup_fd(-1)
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        handler = signal.SIG_IGN if ignored >> (sig - 1) & 1 or sig in _PYTHON_IGNORES \
-            else signal.SIG_DFL
-        try:
-            # Python records every disposition (it read them all at start-up, and sets
-            # them through signal()): only those that differ cost a syscall
-            if signal.getsignal(sig) != handler:
-                signal.signal(sig, handler)
-        except (OSError, ValueError):
-            pass  # the reserved real-time signals of the C library
-    signal.pthread_sigmask(signal.SIG_SETMASK,
-                           [s for s in range(1, signal.NSIG) if blocked >> (s - 1) & 1])
+    want = (ignored | _PYTHON_IGNORED) & ~_UNCATCHABLE
+    now = _Dispositions
+    if now.ignored is None:  # not noted: every signal, as Python records it
+        change = MASK64 & ~_UNCATCHABLE
+    else:
+        change = (want ^ now.ignored) | now.handled
+    sig = 1
+    while change:
+        if change & 1 and sig != signal.SIGKILL and sig != signal.SIGSTOP:
+            handler = signal.SIG_IGN if want >> (sig - 1) & 1 else signal.SIG_DFL
+            try:
+                # Python records every disposition (it read them all at start-up, and
+                # sets them through signal()): only those that differ cost a syscall
+                if signal.getsignal(sig) != handler:
+                    signal.signal(sig, handler)
+            except (OSError, ValueError):
+                pass  # the reserved real-time signals of the C library
+        change >>= 1
+        sig += 1
+    if now.ignored is not None:
+        now.ignored, now.handled = want, 0
+    if now.ignored is None or blocked != now.blocked:
+        signal.pthread_sigmask(signal.SIG_SETMASK,
+                               [s for s in range(1, signal.NSIG) if blocked >> (s - 1) & 1])
+        now.blocked = blocked
 
 
 def _process_state(req: Request) -> str | None:
@@ -137,8 +185,18 @@ def leave_server(keep: tuple[int, ...]) -> None:
     none of its signal handlers (a SIGTERM ends a spare; Python's wake-up fd is the
     server's pipe)."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+    handled = _Dispositions.handled if _Dispositions.ignored is not None else _mask(
+        (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    sig = 1
+    while handled:
+        if handled & 1:
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        handled >>= 1
+        sig += 1
+    _Dispositions.handled = 0
     procattrs.close_fds_except(set(keep), low=3)
 
 

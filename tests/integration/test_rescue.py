@@ -23,7 +23,7 @@ from pymon.oom import is_cgroup2
 from pymon.signals import STRAY
 from tests.conftest import Bundles, Launcher
 from tests.fakes.attach_client import connect, read_until_eof
-from tests.fakes.engine import PYMON, ppid, sigkill_when_idle, wait_for
+from tests.fakes.engine import PYMON, ppid, sigkill_when_idle, wait_for, wait_for_spare
 from tests.fakes.server import WarmServer
 from tests.integration.test_lifecycle import runc_start
 
@@ -169,11 +169,15 @@ def test_no_rescue_when_the_monitor_finishes(bundles: Bundles, warm: Launcher,
                                              server: WarmServer, tmp_path: Path) -> None:
     """A monitor that finishes normally: no replacement, and the server holds nothing of
     it afterwards (its channel and pipe dups are closed)."""
+    # Counted with a spare ready (server/spare.py: its socketpair is one of the server's
+    # fds), before the launch is handed to it and once the next one is ready
+    spare = wait_for_spare(server.pid)
     baseline = fds_of(server.pid)
     command, probe = exit_probe(tmp_path)
     bundle = bundles.make(["sh", "-c", "echo one; echo two >&2; exit 3"])
     session, paths = warm.create_ok(bundle, exit_command=[*command, str(bundle / "exits")])
     monitor = session.monitor_pid
+    wait_for_spare(server.pid, other_than=spare)
     assert fds_of(server.pid) > baseline  # the channel, and soon the dups
     runc_start(paths.cid)
     session.wait_monitor()

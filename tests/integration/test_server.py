@@ -451,7 +451,11 @@ def test_warm_and_cold_monitors_give_the_runtime_the_same_process(bundles: Bundl
         for mode, srv in (("cold", None), ("warm", server)):
             launcher = Launcher(tmp_path, srv)
             try:
-                wrapper = ["sh", "-c", 'umask 027; ulimit -n 2000; exec nice -n 3 "$@"', "sh"]
+                # and two signals ignored (not pymon's strays, which the runtime never
+                # inherits ignored): a warm monitor changes just the dispositions that
+                # differ from the server's (twin._signal_state)
+                wrapper = ["sh", "-c", ("trap '' TTOU TSTP; umask 027; ulimit -n 2000; "
+                                        'exec nice -n 3 "$@"'), "sh"]
                 session, paths = launcher.create(
                     bundles.make(["true"]), runtime=str(rt), send_start=False,
                     extra_fds=[extra_r], cwd=str(workdir), wrapper=wrapper)
@@ -477,6 +481,8 @@ def test_warm_and_cold_monitors_give_the_runtime_the_same_process(bundles: Bundl
     assert f"/pymon-test-{os.getpid()}" in seen["cold"]
     assert "M leads the session" in seen["cold"]
     assert f" {extra_r} " in seen["cold"].partition("== fds")[2]  # the engine's extra fd
+    ignored = int(seen["cold"].partition("SigIgn:")[2].split()[0], 16)
+    assert ignored >> (signal.SIGTTOU - 1) & 1 and ignored >> (signal.SIGTSTP - 1) & 1
     assert seen["warm"] == seen["cold"]
 
 
