@@ -30,10 +30,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,45 +68,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class ServerLog:
-    """The warm server's stderr, read as it comes (a full pipe would stall the server), so
-    that a monitor's launcher can be looked up: `--verbose` logs "forked monitor M for
-    launcher L" for every fork."""
+    """The warm server's stderr (WarmServer reads it as it comes), so that a monitor's
+    launcher can be looked up: `--verbose` logs "forked monitor M for launcher L" for
+    every fork."""
 
     FORKED = re.compile(rb"forked monitor (\d+) for launcher (\d+)")
 
     def __init__(self, server: WarmServer) -> None:
-        assert server.proc is not None and server.proc.stderr is not None
         self.server = server
-        self.fd = server.proc.stderr.fileno()
-        self.text = server.log
-        self.changed = threading.Condition()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
 
-    def _read(self) -> None:
-        while chunk := os.read(self.fd, 65536):
-            with self.changed:
-                self.text += chunk
-                self.changed.notify_all()
+    @property
+    def text(self) -> bytes:
+        return self.server.log
 
     def forks(self) -> dict[int, int]:
         """monitor pid -> launcher pid, for every fork logged so far."""
-        with self.changed:
-            return {int(m): int(launcher) for m, launcher in self.FORKED.findall(self.text)}
+        return {int(m): int(launcher) for m, launcher in self.FORKED.findall(self.text)}
 
     def launcher_of(self, monitor: int, timeout: float = 5) -> int | None:
         """The launcher a monitor was forked for; the line follows the fork at once."""
-        needle = f"forked monitor {monitor} for launcher ".encode()
-        with self.changed:
-            self.changed.wait_for(lambda: needle in self.text, timeout)
+        try:
+            self.server.wait_for(f"forked monitor {monitor} for launcher ".encode(), timeout)
+        except (TimeoutError, RuntimeError):
+            pass
         return self.forks().get(monitor)
 
     def stop(self) -> int | None:
-        """SIGTERM the server, read its last words, then let WarmServer reap it."""
-        assert self.server.proc is not None
-        if self.server.proc.poll() is None:
-            self.server.proc.send_signal(signal.SIGTERM)
-        self.thread.join(15)
+        """SIGTERM the server, and reap it once it has said its last words."""
         return self.server.stop()
 
 

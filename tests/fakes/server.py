@@ -4,17 +4,19 @@ stderr (an event, not a sleep), stopped with SIGTERM."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 SERVER = [sys.executable, "-m", "pymon.server"]
 
 
 class WarmServer:
+    """Its stderr (`--verbose`: a line per launch) is read as it comes, by a thread: a
+    session-wide server outlives thousands of launches, and a full pipe would stall it."""
+
     def __init__(self, socket_path: Path, *, cmd: list[str] | None = None,
                  env: dict[str, str] | None = None, start: bool = True) -> None:
         self.socket = socket_path
@@ -22,6 +24,9 @@ class WarmServer:
         self.base_env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = b""
+        self.changed = threading.Condition()  # notified when the log grows or ends
+        self.ended = False
+        self.reader: threading.Thread | None = None
         if start:
             self.start()
 
@@ -30,7 +35,25 @@ class WarmServer:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=self.base_env,
                                      start_new_session=True, cwd="/")  # -m imports from cwd
+        self.ended = False
+        self.reader = threading.Thread(target=self._read, args=(self.proc.stderr.fileno(),),
+                                       daemon=True)
+        self.reader.start()
         self.wait_for(b"serving on", timeout)
+
+    def _read(self, fd: int) -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with self.changed:
+                if not chunk:
+                    self.ended = True
+                    self.changed.notify_all()
+                    return
+                self.log += chunk
+                self.changed.notify_all()
 
     @property
     def pid(self) -> int:
@@ -43,31 +66,19 @@ class WarmServer:
         return {"PYMON_SOCKET": str(self.socket), "PYMON_SERVER_BUDGET_MS": "5000"}
 
     def wait_for(self, text: bytes, timeout: float = 10) -> bytes:
-        """Read the server's stderr until `text` appears; returns everything read."""
-        assert self.proc is not None and self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stderr.fileno()
-        while text not in self.log:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"server never said {text!r}: {self.log.decode()}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
+        """Wait until the server has said `text`; returns everything it said."""
+        with self.changed:
+            self.changed.wait_for(lambda: text in self.log or self.ended, timeout)
+            if text in self.log:
+                return self.log
+            if self.ended:
                 raise RuntimeError(f"server exited: {self.log.decode()}")
-            self.log += chunk
-        return self.log
+        raise TimeoutError(f"server never said {text!r}: {self.log.decode()}")
 
     def said(self) -> str:
-        """Everything the server has said so far (read without waiting), for a failure's
-        message."""
-        if self.proc is not None and self.proc.stderr is not None:
-            fd = self.proc.stderr.fileno()
-            while select.select([fd], [], [], 0)[0]:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.log += chunk
-        return self.log.decode(errors="replace")
+        """Everything the server has said so far, for a failure's message."""
+        with self.changed:
+            return self.log.decode(errors="replace")
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -79,6 +90,8 @@ class WarmServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        if self.reader is not None:
+            self.reader.join(10)  # EOF once the server and its spare are gone
+        if self.proc.stderr is not None and not (self.reader and self.reader.is_alive()):
+            self.proc.stderr.close()  # (not under a read still blocked in the thread)
         return code
