@@ -127,6 +127,12 @@ class Server:
                 except ProcessLookupError:
                     continue
                 wait_gone(pid, 10)
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(5)  # its last words: how many launches found a spare
+        for line in self.lines:
+            if "stopped:" in line:
+                print(line.split(": ", 1)[1])
         if self.proc.stderr is not None and not self._reader_alive():
             self.proc.stderr.close()
 

@@ -91,6 +91,7 @@ class Server:
         self.pending: dict[int, tuple[socket.socket, float]] = {}
         self.monitors: set[int] = set()
         self.served = self.refused = 0
+        self.handed = 0  # of those served, handed to a spare
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller = select.poll()
@@ -177,7 +178,8 @@ class Server:
                     self._reap()
         finally:
             self.close()
-        say(f"stopped: {self.served} monitors forked, {self.refused} requests refused, "
+        say(f"stopped: {self.served} monitors forked ({self.handed} of them ahead, as spares), "
+            f"{self.refused} requests refused, "
             f"{self.rescuer.rescued} containers rescued")
         return 0
 
@@ -280,6 +282,7 @@ class Server:
             self._drop_spare(retry=SPARE_RETRY, kill=True)
             return None
         self._drop_spare(retry=SPARE_QUIET)  # it is a monitor now: the next one later
+        self.handed += 1
         return spare.pid
 
     # --- one request -----------------------------------------------------------------
