@@ -29,7 +29,7 @@ from pymon.cli import VERSION
 from pymon.server import cgroups, twin
 from pymon.server.peer import Self
 from pymon.server.rescue import Rescuer
-from pymon.server.spare import Spare, can_leave_idle, fork_spare
+from pymon.server.spare import COMM, Spare, can_leave_idle, fork_spare
 from pymon.server.stamp import CodeStamp
 from pymon.server.wire import Rejected, Request, decode_request
 
@@ -131,7 +131,7 @@ class Server:
         # What a forked monitor starts from; set no disposition or mask after this
         twin.note_signals()
         if self.spares:
-            self.sample = twin.sample_request()
+            self.sample = twin.sample_request(COMM)
             self.spare_idle = can_leave_idle()
             self.spare_due = 0.0
         poller = self.poller

@@ -32,7 +32,7 @@ from pymon.server import cgroups, twin
 from pymon.server.wire import decode_request
 
 READY = b"R"
-COMM = b"pymon-spare"  # its name until it takes a launch (then its launcher's, as cold)
+COMM = "pymon-spare"  # its name until it takes a launch (then its launcher's, as cold)
 _WITH_CHANNEL = b"\x01"
 _WITHOUT_CHANNEL = b"\x00"
 _FD_SPACE = socket.CMSG_SPACE((handover.MAX_FDS + 2) * 4)  # + the connection, the channel
@@ -103,6 +103,10 @@ def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: by
     _native.set_pdeathsig(signal.SIGKILL)  # nobody's monitor yet: nothing to lose
     if os.getppid() != server:
         return 0  # the server is already gone
+    # Named at once, so that nobody takes it for a monitor (the rehearsal keeps the name:
+    # its sample says it)
+    with open("/proc/self/comm", "wb", buffering=0) as f:
+        f.write(COMM.encode())
     twin.leave_server(keep=(sock,))
     # Rehearsed at SCHED_IDLE: the launch just handed to the previous spare runs on the
     # other CPU meanwhile, and goes first
@@ -112,8 +116,6 @@ def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: by
     twin.rehearse(sample)
     if idle:
         os.sched_setscheduler(0, policy, param)
-    with open("/proc/self/comm", "wb", buffering=0) as f:
-        f.write(COMM)
     os.write(sock, READY)
     channel_sock = socket.socket(fileno=sock)
     try:

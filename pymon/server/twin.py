@@ -200,10 +200,11 @@ def leave_server(keep: tuple[int, ...]) -> None:
     procattrs.close_fds_except(set(keep), low=3)
 
 
-def sample_request() -> bytes:
+def sample_request(name: str | None = None) -> bytes:
     """A request for rehearse(): this process's own state, as a launcher would send it,
-    with the argv of CRI-O's ExecSync. Made once by the server, for each spare to use."""
-    comm = procattrs.read_small("/proc/self/comm").strip()
+    with the argv of CRI-O's ExecSync, whose first word (the process name a monitor takes)
+    is `name`, else our own name. Made once by the server, for each spare to use."""
+    comm = name or procattrs.read_small("/proc/self/comm").strip()
     return client.request([comm, *_SAMPLE_ARGV], ())
 
 

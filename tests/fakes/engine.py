@@ -132,12 +132,21 @@ def spares_of(server: int) -> list[int]:
     return [pid for pid in children(server) if comm_of(pid) == SPARE_COMM]
 
 
+def _waiting_for_a_launch(pid: int) -> bool:
+    """A spare that has rehearsed sits in recvmsg(2) (x86_64: 47) on its socketpair."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == "47"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_for_spare(server: int, other_than: int | None = None, timeout: float = 10) -> int:
-    """The server's spare once it has rehearsed (it takes its name then), other than
-    `other_than`. Polled: nothing outside the server tells when a spare is ready."""
+    """The server's spare (other than `other_than`) once it has rehearsed and waits for a
+    launch. Polled: nothing outside the server tells when a spare is ready."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [pid for pid in spares_of(server) if pid != other_than]
+        found = [pid for pid in spares_of(server) if pid != other_than
+                 and _waiting_for_a_launch(pid)]
         if found:
             return found[0]
         if time.monotonic() > deadline:
