@@ -19,7 +19,7 @@ CAP_SYS_RESOURCE = 24
 _NS_PATHS = {ns: f"ns/{ns}" for ns in NAMESPACES}
 
 
-def _field(status: bytes, name: bytes) -> bytes:
+def status_field(status: bytes, name: bytes) -> bytes:
     """One field of a /proc/PID/status text, b"" if it has none."""
     key = name + b":"
     if status.startswith(key):
@@ -42,7 +42,7 @@ class Self:
         self.namespaces = {ns: self._ident(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
         self.root = self._ident("/proc/self/root")
         with open("/proc/self/status", "rb") as f:
-            caps = int(_field(f.read(), b"CapEff") or b"0", 16)
+            caps = int(status_field(f.read(), b"CapEff") or b"0", 16)
         self.can_raise_limits = bool(caps >> CAP_SYS_RESOURCE & 1)
         # Read once: a hard limit only goes down, and the server lowers none of its own
         self.hard_limits = tuple(resource.getrlimit(r)[1] for r in range(RLIMIT_COUNT))
@@ -94,7 +94,7 @@ class Self:
             raise Rejected(f"peer {pid} cannot be inspected: {e.strerror}") from None
         finally:
             os.close(proc)
-        if frozenset(int(g) for g in _field(text, b"Groups").split()) != self.groups:
+        if frozenset(int(g) for g in status_field(text, b"Groups").split()) != self.groups:
             raise Rejected("peer has other supplementary groups")
 
     def check_request(self, req: Request, peer_pid: int) -> None:

@@ -26,6 +26,7 @@ from pymon.exitfile import exit_status
 from pymon.reaper import is_child
 from pymon.server import cgroups, rescuewire
 from pymon.server.rescuewire import STATUS_SIZE, Job, describe
+from pymon.server.twin import forked
 from pymon.server.wire import Request
 
 
@@ -265,18 +266,12 @@ class Rescuer:
                 channel[1].close()
             return
         if pid == 0:
-            status = 1
-            try:
+            def replace() -> int:
                 from pymon.monitor import rescued
 
-                status = rescued.run(job, self.mounts)
-            except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
-                try:
-                    os.write(2, f"[conmon:e]: replacement monitor failed: {e!r}\n".encode())
-                except OSError:
-                    pass
-            finally:
-                os._exit(status)
+                return rescued.run(job, self.mounts)
+
+            forked("replacement monitor", replace)
         # The replacement is watched as its monitor was: the dups move to its watch
         nw = Watch(pid, channel[0], w.req) if channel is not None else None
         if nw is not None and channel is not None:

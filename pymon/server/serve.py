@@ -415,17 +415,9 @@ class Server:
                 channel[1].close()
             raise Rejected(f"fork failed: {e.strerror}") from None
         if pid == 0:
-            status = 1
-            try:
-                status = twin.run(req, conn.fileno(), received, self.mounts,
-                                  channel[1].fileno() if channel is not None else None)
-            except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
-                try:
-                    os.write(2, f"[conmon:e]: warm monitor failed: {e!r}\n".encode())
-                except OSError:
-                    pass
-            finally:
-                os._exit(status)
+            twin.forked("warm monitor", lambda: twin.run(
+                req, conn.fileno(), received, self.mounts,
+                channel[1].fileno() if channel is not None else None))
         if channel is not None:
             channel[1].close()
             self.rescuer.watch(pid, channel[0], req)

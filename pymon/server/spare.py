@@ -29,12 +29,14 @@ import socket
 
 from pymon import _native, handover
 from pymon.server import cgroups, twin
+from pymon.server.peer import status_field
 from pymon.server.wire import decode_request
 
 READY = b"R"
 COMM = "pymon-spare"  # its name until it takes a launch (then its launcher's, as cold)
 _WITH_CHANNEL = b"\x01"
 _WITHOUT_CHANNEL = b"\x00"
+CAP_SYS_NICE = 23
 _FD_SPACE = socket.CMSG_SPACE((handover.MAX_FDS + 2) * 4)  # + the connection, the channel
 
 
@@ -82,16 +84,8 @@ def fork_spare(mounts: list[cgroups.Mount], sample: bytes, idle: bool) -> Spare:
         theirs.close()
         raise
     if pid == 0:
-        status = 1
-        try:
-            status = wait_and_run(theirs.fileno(), server, mounts, sample, idle)
-        except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
-            try:
-                os.write(2, f"[conmon:e]: warm monitor failed: {e!r}\n".encode())
-            except OSError:
-                pass
-        finally:
-            os._exit(status)
+        twin.forked("warm monitor", lambda: wait_and_run(theirs.fileno(), server, mounts,
+                                                         sample, idle))
     theirs.close()
     ours.setblocking(False)
     return Spare(pid, ours)
@@ -149,9 +143,7 @@ def can_leave_idle() -> bool:
         return True
     try:
         with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return bool(int(line[7:], 16) >> 23 & 1)  # CAP_SYS_NICE
+            caps = int(status_field(f.read(), b"CapEff") or b"0", 16)
     except (OSError, ValueError):
-        pass
-    return False
+        return False
+    return bool(caps >> CAP_SYS_NICE & 1)

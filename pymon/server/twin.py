@@ -17,6 +17,8 @@ import gc
 import os
 import resource
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 from pymon import handover, logformat, procattrs, sync
 from pymon.cli import parse_args
@@ -74,7 +76,9 @@ class _Dispositions:
                 handled |= 1 << (sig - 1)
             # None: not Python's to set (the C library's reserved real-time signals)
         cls.ignored, cls.handled = ignored, handled
-        cls.blocked = _mask(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        cls.blocked = 0
+        for sig in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            cls.blocked |= 1 << (int(sig) - 1)
 
 
 note_signals = _Dispositions.note
@@ -82,13 +86,6 @@ _UNCATCHABLE = 1 << (signal.SIGKILL - 1) | 1 << (signal.SIGSTOP - 1)
 # Python ignores these at start-up in every interpreter, so a cold monitor has them ignored
 # whatever the engine passed; the server's are the same.
 _PYTHON_IGNORED = 1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)
-
-
-def _mask(sigs: object) -> int:
-    mask = 0
-    for sig in sigs:  # type: ignore[attr-defined]
-        mask |= 1 << (int(sig) - 1)
-    return mask
 
 
 def _signal_state(blocked: int, ignored: int) -> None:
@@ -185,8 +182,7 @@ def leave_server(keep: tuple[int, ...]) -> None:
     none of its signal handlers (a SIGTERM ends a spare; Python's wake-up fd is the
     server's pipe)."""
     signal.set_wakeup_fd(-1)
-    handled = _Dispositions.handled if _Dispositions.ignored is not None else _mask(
-        (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    handled = _Dispositions.handled  # noted by the server before it forked any spare
     sig = 1
     while handled:
         if handled & 1:
@@ -218,14 +214,36 @@ def rehearse(sample: bytes) -> None:
     req = decode_request(sample, 0)
     _signal_state(req.sig_blocked & MASK64, req.sig_ignored & MASK64)
     _process_state(req)
-    inv = Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
-                     os.fsdecode(req.cwd), req.umask, ())
+    inv = _invocation(req)
     try:
         parsed = parse_args(list(inv.args))
         if not isinstance(parsed, str):
             build_config(parsed, inv.cwd)
     except PymonError:
         pass  # a path of the sample's that this host lacks: rehearsed up to there
+
+
+def _invocation(req: Request) -> Invocation:
+    """The invocation a monitor prepares from, once _process_state has made the launcher's
+    environment ours."""
+    return Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
+                      os.fsdecode(req.cwd), req.umask, tuple(fd for fd in req.fds if fd > 2))
+
+
+def forked(what: str, work: Callable[[], int]) -> NoReturn:
+    """The life of a child the server forked (a monitor, a spare, a replacement): `work`'s
+    status, or 1 with a diagnostic on the stderr it has by then if `work` raised. Never
+    returns into the server's code."""
+    status = 1
+    try:
+        status = work()
+    except BaseException as e:  # noqa: BLE001 - a forked child: report and leave
+        try:
+            os.write(2, f"[conmon:e]: {what} failed: {e!r}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(status)
 
 
 def _send(conn: int, kind: str, value: int = 0, text: str = "") -> None:
@@ -250,8 +268,7 @@ def run(req: Request, conn: int, received: list[int], mounts: list[cgroups.Mount
     # reseeded, so siblings share its sequence; pymon takes its names from os.urandom
     problem = _process_state(req)
     begin()
-    inv = Invocation(tuple(os.fsdecode(a) for a in req.argv[1:]), dict(os.environ),
-                     os.fsdecode(req.cwd), req.umask, tuple(fd for fd in req.fds if fd > 2))
+    inv = _invocation(req)
     try:
         prep = prepare(inv)
         if isinstance(prep, str):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pymon.server.peer import Self, _field
+from pymon.server.peer import Self, status_field
 from pymon.server.wire import Rejected
 
 
@@ -48,8 +48,8 @@ def test_a_peer_in_another_namespace_is_refused_by_name() -> None:
 
 def test_status_fields_are_found_wherever_they_are() -> None:
     text = b"Name:\tpymon\nGroups:\t1 2 \nCapEff:\t00000000a80425fb"
-    assert _field(text, b"Name") == b"pymon"
-    assert _field(text, b"Groups") == b"1 2"
-    assert _field(text, b"CapEff") == b"00000000a80425fb"  # the last line, no newline
-    assert _field(text, b"Uid") == b""
-    assert _field(b"Groups:\t\n", b"Groups") == b""
+    assert status_field(text, b"Name") == b"pymon"
+    assert status_field(text, b"Groups") == b"1 2"
+    assert status_field(text, b"CapEff") == b"00000000a80425fb"  # the last line, no newline
+    assert status_field(text, b"Uid") == b""
+    assert status_field(b"Groups:\t\n", b"Groups") == b""
