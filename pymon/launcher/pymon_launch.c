@@ -554,9 +554,11 @@ static const char *committed(int sock, int sfd)
 {
     static char why[MAX_REPLY + 32];
     int64_t running = 0; /* the monitor's pid once it said "running" */
-    /* no exec follows any more: a closed stderr must not turn an exit status into a
-     * death by SIGPIPE */
-    signal(SIGPIPE, SIG_IGN);
+    /* no exec follows any more (but the cold path's, after a refusal: it gets the
+     * disposition back): a closed stderr must not turn an exit status into a death by
+     * SIGPIPE */
+    struct sigaction ignore = {.sa_handler = SIG_IGN}, pipe_was;
+    sigaction(SIGPIPE, &ignore, &pipe_was);
     struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
     for (;;) {
         /* signals are read only while running: before that there is no one to forward
@@ -584,6 +586,7 @@ static const char *committed(int sock, int sfd)
         if (!running && is_kind(&r, "refused")) {
             snprintf(why, sizeof why, "refused: %.*s", (int)(r.text_len > 80 ? 80 : r.text_len),
                      r.text);
+            sigaction(SIGPIPE, &pipe_was, NULL);
             return why;
         }
         if (is_kind(&r, "exited"))
@@ -605,6 +608,14 @@ static const char *committed(int sock, int sfd)
         }
         fail("unexpected reply \"%.*s\" from %s", (int)r.kind_len, r.kind, who(running));
     }
+}
+
+/* The signal mask, by the system call: musl's sigprocmask leaves the signals it reserves
+ * (32-34) out of the old mask it reports, so restoring that mask would unblock them for
+ * the cold monitor where the engine had them blocked. */
+static int mask(int how, const sigset_t *set, sigset_t *old)
+{
+    return (int)syscall(SYS_rt_sigprocmask, how, set, old, (size_t)(_NSIG / 8));
 }
 
 /* Which signals --sync forwards to the monitor (conmon's parent forwards these). */
@@ -659,12 +670,12 @@ int main(int argc, char **argv)
     /* Queue the forwarded signals from now on: the monitor may start at any moment */
     sigset_t set, old;
     forwarded(&set);
-    sigprocmask(SIG_BLOCK, &set, &old);
+    mask(SIG_BLOCK, &set, &old);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0 || send_request(sock, token[0])) {
         if (sfd >= 0)
             close(sfd);
-        sigprocmask(SIG_SETMASK, &old, NULL);
+        mask(SIG_SETMASK, &old, NULL);
         close(sock);
         close(token[0]);
         run_cold(argc, argv, "cannot send the request");
@@ -705,7 +716,7 @@ int main(int argc, char **argv)
 cold:
     close(token[0]);
     close(sfd);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    mask(SIG_SETMASK, &old, NULL);
     close(sock);
     run_cold(argc, argv, reason);
 }

@@ -372,6 +372,56 @@ def test_refused_after_the_token_was_taken_runs_cold(launch: Launches,
     got.close()
 
 
+# The engine: sets the signal state (argv[1]: signals to block, argv[2]: to ignore), writes
+# it as /proc shows it to the file argv[3], and execs the launcher (argv[4:]).
+ENGINE_WITH_SIGNALS = r"""
+import os, signal, sys
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python itself at start-up
+    signal.signal(sig, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_BLOCK, [int(s) for s in sys.argv[1].split()])
+for sig in sys.argv[2].split():
+    signal.signal(int(sig), signal.SIG_IGN)
+with open("/proc/self/status") as f, open(sys.argv[3], "w") as out:
+    out.writelines(line for line in f if line.startswith(("SigBlk:", "SigIgn:")))
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def test_refused_after_the_token_the_cold_path_has_the_engines_signal_state(
+        tmp_path: Path, server: FakeServer) -> None:
+    """By the time the server takes the token, the launcher has blocked the signals it
+    forwards and ignores SIGPIPE; a refusal after that must give the cold monitor the
+    engine's signal state back, all of it: the mask with the signals the C library keeps
+    for itself (musl's sigprocmask leaves 32-34 out of the old mask it reports), SIGPIPE's
+    disposition. The interpreter here is `grep`, which prints the state it was exec'd
+    with."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexec grep -E '^Sig(Blk|Ign):' /proc/self/status\n")
+    fake.chmod(0o755)
+    binary = str(tmp_path / "pymon")
+    assert build(binary, str(fake), ROOTS)
+    engine_state = tmp_path / "engine"
+    proc = subprocess.Popen(
+        [sys.executable, "-IS", "-c", ENGINE_WITH_SIGNALS, f"34 {int(signal.SIGUSR2)}",
+         str(int(signal.SIGHUP)), str(engine_state), binary, *DEBUG],
+        env=env_for(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = server.accept()
+        got.drop_fds()
+        got.take_token()
+        got.reply(handover.REFUSED, 0, "fork failed")
+        status, out, err = finish(proc)
+        got.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 0, err
+    assert out.decode() == engine_state.read_text()
+    blocked = int(out.decode().split()[1], 16)
+    assert blocked & (1 << 33) and blocked & (1 << (signal.SIGUSR2 - 1))
+
+
 # The fake monitor of --sync: reports each signal it gets on stdout, ends on SIGTERM.
 SIGNAL_REPORTER = """\
 import os, signal, sys
