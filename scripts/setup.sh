@@ -23,10 +23,11 @@ if [ "${1:-}" = "--undo" ]; then
 fi
 
 # runc and podman to run containers, busybox-static for test images, conmon to compare
-# against (bench/), gcc and python3-dev to compile pymon's cffi module, systemd for
-# journald in the logging tests, util-linux for unshare/nsenter, tzdata for log timestamps.
-PACKAGES=(runc busybox-static python3 python3-venv python3-dev gcc tzdata conmon systemd util-linux
-          podman)
+# against (bench/), gcc and python3-dev to compile pymon's cffi module, musl-tools to link
+# the launcher against musl (pymon/launcher/build.py says why), systemd for journald in the
+# logging tests, util-linux for unshare/nsenter, tzdata for log timestamps.
+PACKAGES=(runc busybox-static python3 python3-venv python3-dev gcc musl-tools tzdata conmon systemd
+          util-linux podman)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

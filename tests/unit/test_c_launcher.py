@@ -19,7 +19,6 @@ import signal
 import socket
 import stat
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pymon.entrypoint import import_roots, write
 from pymon.entrypoint import main as main_entrypoint
 from pymon.launcher import build as build_mod
 from pymon.launcher import client
-from pymon.launcher.build import SOURCE, build, compiler
+from pymon.launcher.build import SOURCE, build, compiler, dynamic, links
 from pymon.launcher.program import bootstrap
 from tests.fakes.fake_server import TIMEOUT, FakeServer, Received
 
@@ -716,37 +715,46 @@ def test_c_string_survives_any_text(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["argv"][1:] == ["-IS", "-c", bootstrap(roots, dest), "x"]
 
 
-def _interpreter(path: str) -> bool:
-    """Whether the ELF file at `path` names a dynamic loader (a PT_INTERP header)."""
-    data = Path(path).read_bytes()
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3  # PT_INTERP
-               for i in range(phnum))
-
-
-def test_the_launcher_is_static_where_it_can_be(tmp_path: Path,
+def test_the_launcher_links_the_first_way_it_can(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Linked statically (no dynamic loader to run on every exec) where the static C
-    library is installed, as on CI's Debian; linked as usual where it is not, here made
-    to fail with a flag the linker refuses."""
-    probe = tmp_path / "probe.c"
-    probe.write_text("int main(void) { return 0; }\n")
-    cc = compiler()
-    assert cc is not None
-    can = subprocess.run([*cc, "-static-pie", "-o", str(tmp_path / "probe"), str(probe)],
-                         capture_output=True, timeout=TIMEOUT).returncode == 0
+    """Statically against musl where its compiler wrapper is installed (CI installs
+    musl-tools), else statically against the C library where its static archive is
+    installed, else as usual: each way, forced in turn, links a launcher that runs cold;
+    with a link that fails (a flag the linker refuses), the next way is taken."""
+    tries = links()
+    assert [flags for _, flags in tries][-2:] == [build_mod.STATIC, ()]
+    # Debian's musl-tools (on CI): its wrapper and start files are found
+    assert (tries[0][0] == [build_mod.MUSL]) == (shutil.which(build_mod.MUSL) is not None)
     fake = tmp_path / "python3"
     fake.write_text(f"#!{sys.executable} -IS\n{FAKE_PYTHON}")
     fake.chmod(0o755)
-    for name, static in (("static", build_mod.STATIC), ("fallback", ("-Wl,--no-such-flag",))):
-        monkeypatch.setattr(build_mod, "STATIC", static)
+    probe = tmp_path / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+
+    def built(name: str, ways: list[tuple[list[str], tuple[str, ...]]]) -> bytes:
+        monkeypatch.setattr(build_mod, "links", lambda: ways)
         dest = str(tmp_path / name)
         assert build(dest, str(fake), ["/r"])
-        assert _interpreter(dest) == (name == "fallback" or not can), name
         done = subprocess.run([dest, "x"], env={"PYMON_SOCKET": ""}, capture_output=True,
                               timeout=TIMEOUT, check=True)
         assert json.loads(done.stdout)["argv"][-1] == "x"
+        return Path(dest).read_bytes()
+
+    for i, (cc, flags) in enumerate(tries):
+        if flags and subprocess.run([*cc, *flags, "-o", str(tmp_path / "probe"), str(probe)],
+                                    capture_output=True, timeout=TIMEOUT).returncode:
+            assert cc != [build_mod.MUSL]  # its static library comes with the wrapper
+            continue  # this C library's static archive is not installed
+        data = built(f"way{i}", tries[i:])
+        assert dynamic(data) == (flags == ()), (cc, flags)
+        if flags:  # static: glibc's start-up is in the binary, or musl's
+            assert (b"GLIBC_TUNABLES" in data) == (cc != [build_mod.MUSL]), cc
+    failing = ([*tries[0][0], "-Wl,--no-such-flag"], tries[0][1])
+    assert dynamic(built("next", [failing, tries[-1]]))
+    # musl-gcc's own -static-pie links musl's libc.so: not what was asked, the next is taken
+    if tries[0][0] == [build_mod.MUSL]:
+        assert dynamic(built("musl-dynamic", [([build_mod.MUSL], build_mod.STATIC), tries[-1]]))
+        assert b"GLIBC_2." in (tmp_path / "musl-dynamic").read_bytes()  # glibc's versions
 
 
 def test_staged_launcher_names_its_installed_path(tmp_path: Path) -> None:
