@@ -43,8 +43,8 @@ def main() -> int:
                     own = int(f.read().split()[0])
             except (OSError, ValueError, IndexError):
                 own = -1
-            _, _, ru = os.wait4(pid, 0)
-            self.monitors.discard(pid)
+            _, status, ru = os.wait4(pid, 0)
+            self._reaped(pid, status)
             total = round((ru.ru_utime + ru.ru_stime) * 1e9)
             os.write(fd, f"{pid} {own} {total}\n".encode())
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -534,3 +535,34 @@ def test_a_launch_is_handed_to_the_spare(bundles: Bundles, warm: Launcher,
     assert server.proc is not None
     server.proc.kill()
     wait_pid_gone(last, 10)
+
+
+def test_no_spare_is_forked_while_a_launch_is_starting(bundles: Bundles, warm: Launcher,
+                                                       server: WarmServer,
+                                                       tmp_path: Path) -> None:
+    """A spare forked beside a runtime's `create` takes CPU from it (serve.STARTING_MAX):
+    the next spare waits until the monitor has registered its container, however quiet
+    the server is meanwhile. Here `create` waits at a gate the test holds."""
+    first = wait_for_spare(server.pid)
+    gate = tmp_path / "runc.gate"
+    os.mkfifo(gate)
+    runtime = tmp_path / "runc"
+    runtime.write_text(f'#!/bin/sh\ncase " $* " in *" create "*) : < "{gate}" ;; esac\n'
+                       f'exec {RUNC} "$@"\n')
+    runtime.chmod(0o755)
+    session, paths = warm.create(bundles.make(["true"]), runtime=str(runtime))
+    assert session.wait_p0() == 0, session.p0_stderr
+    assert session.monitor_pid == first
+    # `create` is at the gate, the server has nothing to do: without the hold, the next
+    # spare would be forked after serve.SPARE_QUIET (20 ms). Ten times that, then open.
+    time.sleep(0.2)
+    os.close(os.open(gate, os.O_WRONLY))  # opens once `create` reads; EOF: it goes on
+    assert json.loads(session.read_sync())["data"] > 0
+    registered = f"monitor {first} registered container".encode()
+    server.wait_for(registered)
+    second = wait_for_spare(server.pid, other_than=first)
+    log = server.wait_for(f"forked spare {second}".encode())
+    assert log.index(registered) < log.index(f"forked spare {second}".encode()), log.decode()
+    assert log.count(b"forked spare") == 2, log.decode()  # the first, then this one
+    start_and_wait(session, paths.cid)
+    assert paths.exit_file.read_bytes() == b"0"
