@@ -292,7 +292,10 @@ def test_hangup_releases_the_fd_while_the_container_is_quiet(bundles: Bundles,
         client.close()
         releases.append(_released_within(pid, base))
     print(f"monitor fds {base}; released {max(releases) * 1000:.1f} ms after a hangup at most")
-    assert max(releases) < 0.1
+    # The container writes nothing meanwhile: a hangup noticed only when output flows
+    # would never be. The bound is loose (~10 ms is usual) because a loaded CI machine
+    # once took 0.19 s over one of them.
+    assert max(releases) < 1.0
     for _ in range(300):  # a client reconnecting in a loop
         connect(bundle / "attach").close()
     after_loop = _fds(pid)
@@ -306,7 +309,7 @@ def test_hangup_releases_the_fd_while_the_container_is_quiet(bundles: Bundles,
     assert b"got ping\n" in read_until_eof(half, until=b"got ping\n").data["stdout"]
     assert _fds(pid) == base + 1
     half.close()
-    assert _released_within(pid, base) < 0.1
+    assert _released_within(pid, base) < 1.0
     keeper.send(b"quit\n")
     assert read_until_eof(keeper).eof
     session.wait_monitor()
