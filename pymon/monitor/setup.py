@@ -209,16 +209,18 @@ def _monitor_process(prep: Prepared, keep: frozenset[int], undo: Undo,
         os.set_inheritable(stdout_r, False)
         stdin_w = master
     FORWARDER.container_pid = result
-    # Armed before the engine has the pid, so before it can start the container: set up
-    # from the trio monitor it missed OOM kills during trio's import (conmon arms it just
-    # after the pid message; ~0.3 ms here).
-    from pymon.oom import OomWatcher
-
-    oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir, fresh=not opts.exec)
     early_ctl = early[0] if early else None
     if not config.legacy_exec:
         sync_fd = sync.send(sync_fd, sync.encode(sync.message_key(config.api_version, opts.exec),
                                                  result))
+    # Armed right after the pid message, as conmon does, not before it (~0.3 ms that the
+    # engine waited for): the container's cgroup is new (create, restore), so a kill it
+    # counted before the watch was armed is found and counted ours (OomWatcher's `fresh`,
+    # test_oom_kill_before_the_monitor_watches); an exec'd process runs before either.
+    # Set up from the trio monitor instead, it missed kills during trio's import.
+    from pymon.oom import OomWatcher
+
+    oom_watch = OomWatcher.for_pid(result, config.bundle, opts.persist_dir, fresh=not opts.exec)
     import time
 
     pid_sent_at = time.monotonic()  # -T counts from here, not from trio's start
