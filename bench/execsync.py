@@ -2,6 +2,7 @@
 
     python bench/execsync.py [--mode warm|cold|both] [--runs 100] [--budget-ms MS]
                              [--compare-trio] [--monitor NAME=COMMAND ...] [--conmon PATH]
+                             [--gap-ms MS]
 
 kubelet runs an exec probe every few seconds per container, and CRI-O starts one monitor
 in the foreground for each (`-e --sync --exec-process-spec F -l F --log-global-size-max
@@ -140,6 +141,9 @@ def main() -> None:
                     help="another monitor command to measure (repeatable), measured like a cold one")
     ap.add_argument("--conmon", default=CONMON, help="the baseline (ratios are against it)")
     ap.add_argument("--probe", default="true", help="the probe command (split like a shell)")
+    ap.add_argument("--gap-ms", type=float, default=0,
+                    help="idle time before each probe (default 0: back to back); kubelet's "
+                         "probes of one container come seconds apart")
     args = ap.parse_args()
 
     ws = Workspace()
@@ -183,6 +187,8 @@ def main() -> None:
         for i in range(args.runs + 1):
             k = i % len(variants)
             for v in variants[k:] + variants[:k]:
+                if args.gap_ms:
+                    time.sleep(args.gap_ms / 1000)
                 measure(v, i == 0, target.cid, probe, ws.dir, comm)
         time.sleep(0.2)  # what the servers do after their last probe (the next spare)
         for v in variants:
