@@ -141,7 +141,7 @@ class Server:
         twin.note_signals()
         if self.spares:
             self.sample = twin.sample_request(COMM)
-            self.spare_idle = can_leave_idle()
+            self.spare_idle = can_leave_idle(self.me)
             self.spare_due = 0.0
         poller = self.poller
         poller.register(self.listener.fileno(), select.POLLIN)
@@ -345,7 +345,8 @@ class Server:
             self._reply(conn, handover.encode_reply(handover.REFUSED, 0, str(e)))
             return True
         try:
-            pid = self._fork(req, data, conn, received)
+            exec_session = _is_exec(req.argv)
+            pid = self._fork(req, data, conn, received, exec_session)
         except Rejected as e:
             # No monitor exists, so "refused" is still true: the launcher runs cold
             say(f"could not fork a monitor for launcher {peer}: {e}")
@@ -356,7 +357,7 @@ class Server:
                 os.close(fd)
         self.served += 1
         self.monitors.add(pid)
-        if self.spares and not _is_exec(req.argv):
+        if self.spares and not exec_session:
             self.starting[pid] = time.monotonic() + STARTING_MAX
         if self.verbose:  # not formatted otherwise: every object touched here is copied
             say(f"forked monitor {pid} for launcher {peer}")
@@ -425,10 +426,11 @@ class Server:
             self.stopping = True
             raise Rejected(f"server code changed since it started ({changed}); server exits")
 
-    def _fork(self, req: Request, data: bytes, conn: socket.socket, received: list[int]) -> int:
+    def _fork(self, req: Request, data: bytes, conn: socket.socket, received: list[int],
+              exec_session: bool) -> int:
         # An exec session is never rescued (its monitor drops the channel): none to make,
         # watch and close for each of CRI-O's exec probes
-        channel = None if _is_exec(req.argv) else self.rescuer.channel()
+        channel = None if exec_session else self.rescuer.channel()
         pid = self._hand_to_spare(data, conn, received,
                                   channel[1].fileno() if channel is not None else None)
         if pid is not None:

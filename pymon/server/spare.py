@@ -29,14 +29,13 @@ import socket
 
 from pymon import _native, handover
 from pymon.server import cgroups, twin
-from pymon.server.peer import status_field
+from pymon.server.peer import Self
 from pymon.server.wire import decode_request
 
 READY = b"R"
 COMM = "pymon-spare"  # its name until it takes a launch (then its launcher's, as cold)
 _WITH_CHANNEL = b"\x01"
 _WITHOUT_CHANNEL = b"\x00"
-CAP_SYS_NICE = 23
 _FD_SPACE = socket.CMSG_SPACE((handover.MAX_FDS + 2) * 4)  # + the connection, the channel
 
 
@@ -134,16 +133,12 @@ def wait_and_run(sock: int, server: int, mounts: list[cgroups.Mount], sample: by
     return twin.run(req, conn, received, mounts, channel)
 
 
-def can_leave_idle() -> bool:
+def can_leave_idle(me: Self) -> bool:
     """Linux lets a process leave SCHED_IDLE only with CAP_SYS_NICE or an RLIMIT_NICE
     that allows its nice value (sched(7)): a server without either (rootless, say) does
-    not rehearse its spares at SCHED_IDLE, since they would stay there as monitors."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    if soft == resource.RLIM_INFINITY or 20 - os.getpriority(os.PRIO_PROCESS, 0) <= soft:
+    not rehearse its spares at SCHED_IDLE, since they would stay there as monitors. `me`:
+    the server's capabilities and nice value, as read at its start."""
+    if me.can_renice:
         return True
-    try:
-        with open("/proc/self/status", "rb") as f:
-            caps = int(status_field(f.read(), b"CapEff") or b"0", 16)
-    except (OSError, ValueError):
-        return False
-    return bool(caps >> CAP_SYS_NICE & 1)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - me.nice <= soft

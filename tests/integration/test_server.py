@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -554,8 +553,11 @@ def test_no_spare_is_forked_while_a_launch_is_starting(bundles: Bundles, warm: L
     assert session.wait_p0() == 0, session.p0_stderr
     assert session.monitor_pid == first
     # `create` is at the gate, the server has nothing to do: without the hold, the next
-    # spare would be forked after serve.SPARE_QUIET (20 ms). Ten times that, then open.
-    time.sleep(0.2)
+    # spare would be forked after serve.SPARE_QUIET (20 ms). Watched for ten times that
+    # (a fork fails the test as soon as the server says it), then the gate opens.
+    with server.changed:
+        assert not server.changed.wait_for(lambda: server.log.count(b"forked spare") > 1,
+                                           0.2), server.log.decode()
     os.close(os.open(gate, os.O_WRONLY))  # opens once `create` reads; EOF: it goes on
     assert json.loads(session.read_sync())["data"] > 0
     registered = f"monitor {first} registered container".encode()
