@@ -25,9 +25,10 @@ fi
 # runc and podman to run containers, busybox-static for test images, conmon to compare
 # against (bench/), gcc and python3-dev to compile pymon's cffi module, musl-tools to link
 # the launcher against musl (pymon/launcher/build.py says why), systemd for journald in the
-# logging tests, util-linux for unshare/nsenter, tzdata for log timestamps.
+# logging tests, util-linux for unshare/nsenter, tzdata for log timestamps, strace for a
+# test that sees a call no timing can show reliably (the monitor's yield after the pid).
 PACKAGES=(runc busybox-static python3 python3-venv python3-dev gcc musl-tools tzdata conmon systemd
-          util-linux podman)
+          util-linux podman strace)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

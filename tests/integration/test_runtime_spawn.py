@@ -70,3 +70,32 @@ def test_the_runtime_dies_with_its_monitor(launcher: Launcher, tmp_path: Path) -
         assert select.select([pidfd], [], [], 30)[0], "the runtime outlived its monitor"
     finally:
         os.close(pidfd)
+
+
+def test_the_monitor_yields_its_cpu_once_the_pid_is_sent(tmp_path: Path) -> None:
+    """Right after the pid message M calls sched_yield: the message wakes the engine on
+    M's CPU, and M's next milliseconds of set-up would otherwise run first. The delay
+    itself is a matter of timing (bench/startup.py shows it); the call is what can be
+    seen. Cold only: a cold and a warm monitor run the same monitor_process, and strace
+    would have to follow the whole warm server."""
+    launcher = Launcher(tmp_path)
+    trace = tmp_path / "strace.out"
+    rt = fake_runtime(tmp_path, "ok-exit-5")
+    try:
+        session, _ = launcher.create(
+            tmp_path, runtime=str(rt), log="none",
+            wrapper=["strace", "-f", "-qq", "-s", "64", "-o", str(trace),
+                     "-e", "trace=write,sched_yield", "-e", "signal=none"])
+        assert session.wait_p0() == 0, session.p0_stderr
+        pid = json.loads(session.read_sync())["data"]
+        assert pid > 0
+        session.wait_monitor()
+    finally:
+        launcher.cleanup()
+    calls = [line.split(None, 1) for line in trace.read_text().splitlines()]
+    sent = [i for i, (_, call) in enumerate(calls)
+            if call.startswith("write(") and f'{{\\"data\\": {pid}}}' in call]
+    assert len(sent) == 1, trace.read_text()
+    writer = calls[sent[0]][0]
+    after = [call for who, call in calls[sent[0] + 1:] if who == writer]
+    assert after and after[0].startswith("sched_yield()"), after[:3]
