@@ -1,6 +1,6 @@
 """pymon (warm and cold) vs conmon, same run, interleaved: start-up, exit and CPU per launch.
 
-    python bench/startup.py [--mode warm|cold|both] [--runs N]
+    python bench/startup.py [--mode warm|cold|both] [--runs N] [--gap-ms MS]
 
 Per round, each variant (common.py) in a rotated order:
 
@@ -17,6 +17,16 @@ Per round, each variant (common.py) in a rotated order:
   - an exec session running `true` with --sync: exec -> the launcher exits (podman's
     `exec` path without -d; the same figure can be cross-checked from outside with any
     whole-process timer, since the launcher lives exactly as long as the monitor).
+
+Each launch starts after --gap-ms of idle time (default 50). Back to back (0), a `runc
+create` was ~6 ms faster when the launch before it had moved a process between cgroups
+less than about an RCU grace period earlier: runc's write to cgroup.procs waits for a grace
+period only once the previous writer's has passed (perf sched: runc blocked 2 ms in
+uninterruptible sleep, against 8-20 ms otherwise). Whether it had passed depended on how
+soon the launch before, of the other variant, had ended, so one variant's pace moved the
+other's figures: conmon's create after conmon's exec session took 14.0 ms (median of 30),
+after pymon's launch 21.3, and pymon's 20.2-20.7 after either. After 50 ms every create
+waits alike.
 
 Prints medians, pymon/conmon ratios and the number of runs.
 """
@@ -43,12 +53,18 @@ from common import (
 )
 
 
-def true_container(ws: Workspace, mon, probe, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+def settle(gap_ms: float) -> None:
+    if gap_ms:
+        time.sleep(gap_ms / 1000)
+
+
+def true_container(ws: Workspace, mon, probe, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
     bundle = ws.bundle(["true"])
     os.environ["PROBE_OUT"] = str(bundle / "probe.out")
     (bundle / "exits").mkdir()
     watch = DirWatch(bundle / "exits")
     cid = "bs-" + uuid.uuid4().hex[:12]
+    settle(gap_ms)
     try:
         run = Run(mon, bundle, cid, ["--exit-command", str(probe)])
         run.start_container()
@@ -77,12 +93,13 @@ def count(stats: dict, run: Run) -> None:  # type: ignore[type-arg]
         stats["launches"] += 1
 
 
-def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
     fifo_dir = ws.dir / f"fifo{ws.count}"
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / "go")
     bundle = ws.bundle(["sh", "-c", "read x < /w/go"], binds={"/w": str(fifo_dir)})
     cid = "be-" + uuid.uuid4().hex[:12]
+    settle(gap_ms)
     run = Run(mon, bundle, cid)
     try:
         run.start_container()
@@ -105,9 +122,10 @@ def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict) -> 
         run.stop()
 
 
-def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
+def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
     session = target.bundle / uuid.uuid4().hex[:12]
     session.mkdir()
+    settle(gap_ms)
     run = Run(mon, session, target.cid, exec_args=["true"], sync_mode=True)
     run.wait_launcher()
     t = time.perf_counter() - run.t0
@@ -123,6 +141,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--idle", type=float, default=0.3,
                     help="seconds a container stays blocked before it is released")
+    ap.add_argument("--gap-ms", type=float, default=50,
+                    help="idle time before each launch (default 50; 0: back to back, see above)")
     args = ap.parse_args()
     ws = Workspace()
     mons = Monitors(args.mode, ws.dir, budget_ms=args.budget_ms)
@@ -130,17 +150,18 @@ def main() -> None:
     res = Results()
     stats = {"warm": 0, "launches": 0}
     try:
-        banner(mons, f"startup: {args.runs} rounds, variants interleaved (rotated each round)")
+        banner(mons, f"startup: {args.runs} rounds, variants interleaved (rotated each round)"
+                     + f", {args.gap_ms:g} ms idle before each launch")
         target = Run(mons.list[-1], ws.bundle(["sleep", "100000"]), "bt-" + uuid.uuid4().hex[:8])
         target.start_container()
         try:
             for i in range(args.runs):
                 for mon in mons.order(i):
-                    true_container(ws, mon, probe, res, stats)
+                    true_container(ws, mon, probe, res, stats, args.gap_ms)
                 for mon in mons.order(i):
-                    exit_latency(ws, mon, args.idle, res, stats)
+                    exit_latency(ws, mon, args.idle, res, stats, args.gap_ms)
                 for mon in mons.order(i):
-                    exec_sync(ws, mon, target, res, stats)
+                    exec_sync(ws, mon, target, res, stats, args.gap_ms)
         finally:
             target.stop()
         if mons.server is not None:
