@@ -20,9 +20,11 @@ Per round, each variant (common.py) in a rotated order:
 
 Each launch starts after --gap-ms of idle time (default 50). Back to back (0), a `runc
 create` was ~6 ms faster when the launch before it had moved a process between cgroups
-less than about an RCU grace period earlier: runc's write to cgroup.procs waits for a grace
-period only once the previous writer's has passed (perf sched: runc blocked 2 ms in
-uninterruptible sleep, against 8-20 ms otherwise). Whether it had passed depended on how
+less than about an RCU grace period earlier: runc's write to cgroup.procs takes the
+cgroup threadgroup rwsem for writing, whose rcu_sync waits for a grace period unless the
+previous writer left less than one ago (kernel stacks of runc's waits: synchronize_rcu_normal
+< rcu_sync_enter < percpu_down_write < cgroup_procs_write_start; perf sched: runc blocked 2 ms
+in uninterruptible sleep, against 8-20 ms otherwise). Whether it had passed depended on how
 soon the launch before, of the other variant, had ended, so one variant's pace moved the
 other's figures: conmon's create after conmon's exec session took 14.0 ms (median of 30),
 after pymon's launch 21.3, and pymon's 20.2-20.7 after either. After 50 ms every create
