@@ -187,7 +187,7 @@ class Hangups:
                 pass  # the epoll set is closed already (the monitor is done)
 
     async def run(self, on_hangup: Callable[[Client], None]) -> None:
-        while True:
+        while not self.ep.closed:  # closed before this task first ran: nothing to watch
             try:
                 await trio.lowlevel.wait_readable(self.ep.fileno())
             except trio.ClosedResourceError:
@@ -213,6 +213,7 @@ class AttachServer:
         self.nursery: trio.Nursery | None = None  # serve()'s: runs each client's tasks
         self.hangups = Hangups()
         self.stalled = 0  # clients disconnected for not reading (the SIGUSR1 state report)
+        self.closed = False
 
     def accept_pending(self) -> None:
         """Take every connection already waiting in the backlog. Called before the first
@@ -232,12 +233,15 @@ class AttachServer:
                 self.nursery.start_soon(self._run_client, client)
 
     async def serve(self) -> None:
+        # A container that had exited before this task first ran (an exec'd `true` is
+        # usually gone before `runc exec` is) has had its exit recorded and this server
+        # closed already: the closed listener must not be touched
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             for client in self.clients:
                 nursery.start_soon(self._run_client, client)
             nursery.start_soon(self.hangups.run, self._hung_up)
-            while True:
+            while not self.closed:
                 try:
                     conn, _ = self.listener.accept()
                 except BlockingIOError:
@@ -341,6 +345,7 @@ class AttachServer:
 
     def close(self) -> None:
         """Every client sees EOF; the listener stops accepting (§8.3 step 7)."""
+        self.closed = True
         for client in list(self.clients):
             try:
                 client.sock.shutdown(socket.SHUT_RDWR)

@@ -275,3 +275,15 @@ def test_bad_exec_input_reaches_the_sync_pipe(launcher: Launcher, tmp_path: Path
         launcher.server.wait_for(f"for launcher {session.p0.pid}".encode())
         for pid in server_children(launcher) - before:
             wait_pid_gone(pid, 10)
+
+
+def test_an_exec_that_ends_before_the_monitor_watches_it_keeps_its_status(
+        running, launcher: Launcher) -> None:  # type: ignore[no-untyped-def]
+    """The exec'd process has usually exited by the time `runc exec` has: the monitor
+    records its exit at once, and must still end cleanly (an attach server closed before
+    its task first ran once failed the monitor, which then exited 1)."""
+    cid, bundle, _ = running
+    for _ in range(3):
+        ex = Exec(launcher, cid, bundle, ["sh", "-c", "exit 7"], "--sync", attach=False)
+        assert ex.session.wait_p0(30) == 7, ex.session.p0_stderr
+        assert ex.exit_file.read_text() == "7"
