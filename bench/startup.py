@@ -55,18 +55,12 @@ from common import (
 )
 
 
-def settle(gap_ms: float) -> None:
-    if gap_ms:
-        time.sleep(gap_ms / 1000)
-
-
-def true_container(ws: Workspace, mon, probe, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
+def true_container(ws: Workspace, mon, probe, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
     bundle = ws.bundle(["true"])
     os.environ["PROBE_OUT"] = str(bundle / "probe.out")
     (bundle / "exits").mkdir()
     watch = DirWatch(bundle / "exits")
     cid = "bs-" + uuid.uuid4().hex[:12]
-    settle(gap_ms)
     try:
         run = Run(mon, bundle, cid, ["--exit-command", str(probe)])
         run.start_container()
@@ -95,13 +89,12 @@ def count(stats: dict, run: Run) -> None:  # type: ignore[type-arg]
         stats["launches"] += 1
 
 
-def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
+def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
     fifo_dir = ws.dir / f"fifo{ws.count}"
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / "go")
     bundle = ws.bundle(["sh", "-c", "read x < /w/go"], binds={"/w": str(fifo_dir)})
     cid = "be-" + uuid.uuid4().hex[:12]
-    settle(gap_ms)
     run = Run(mon, bundle, cid)
     try:
         run.start_container()
@@ -124,10 +117,9 @@ def exit_latency(ws: Workspace, mon, idle: float, res: Results, stats: dict, gap
         run.stop()
 
 
-def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict, gap_ms: float) -> None:  # type: ignore[no-untyped-def]
+def exec_sync(ws: Workspace, mon, target: Run, res: Results, stats: dict) -> None:  # type: ignore[no-untyped-def]
     session = target.bundle / uuid.uuid4().hex[:12]
     session.mkdir()
-    settle(gap_ms)
     run = Run(mon, session, target.cid, exec_args=["true"], sync_mode=True)
     run.wait_launcher()
     t = time.perf_counter() - run.t0
@@ -157,13 +149,17 @@ def main() -> None:
         target = Run(mons.list[-1], ws.bundle(["sleep", "100000"]), "bt-" + uuid.uuid4().hex[:8])
         target.start_container()
         try:
+            gap = args.gap_ms / 1000
             for i in range(args.runs):
                 for mon in mons.order(i):
-                    true_container(ws, mon, probe, res, stats, args.gap_ms)
+                    time.sleep(gap)
+                    true_container(ws, mon, probe, res, stats)
                 for mon in mons.order(i):
-                    exit_latency(ws, mon, args.idle, res, stats, args.gap_ms)
+                    time.sleep(gap)
+                    exit_latency(ws, mon, args.idle, res, stats)
                 for mon in mons.order(i):
-                    exec_sync(ws, mon, target, res, stats, args.gap_ms)
+                    time.sleep(gap)
+                    exec_sync(ws, mon, target, res, stats)
         finally:
             target.stop()
         if mons.server is not None:

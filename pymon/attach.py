@@ -213,7 +213,6 @@ class AttachServer:
         self.nursery: trio.Nursery | None = None  # serve()'s: runs each client's tasks
         self.hangups = Hangups()
         self.stalled = 0  # clients disconnected for not reading (the SIGUSR1 state report)
-        self.closed = False
 
     def accept_pending(self) -> None:
         """Take every connection already waiting in the backlog. Called before the first
@@ -235,13 +234,13 @@ class AttachServer:
     async def serve(self) -> None:
         # A container that had exited before this task first ran (an exec'd `true` is
         # usually gone before `runc exec` is) has had its exit recorded and this server
-        # closed already: the closed listener must not be touched
+        # closed already (its listener's fileno is -1): the closed listener is not touched
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             for client in self.clients:
                 nursery.start_soon(self._run_client, client)
             nursery.start_soon(self.hangups.run, self._hung_up)
-            while not self.closed:
+            while self.listener.fileno() >= 0:
                 try:
                     conn, _ = self.listener.accept()
                 except BlockingIOError:
@@ -345,7 +344,6 @@ class AttachServer:
 
     def close(self) -> None:
         """Every client sees EOF; the listener stops accepting (§8.3 step 7)."""
-        self.closed = True
         for client in list(self.clients):
             try:
                 client.sock.shutdown(socket.SHUT_RDWR)
